@@ -124,7 +124,9 @@ class MethodNotAllowed(ClientError):
 class NotImplementedOp(ClientError):
     code = "NotImplemented"
     status = 501
-    default_message = "A header or query you provided implies functionality that is not implemented."
+    default_message = (
+        "A header or query you provided implies functionality that is not implemented."
+    )
 
 
 class RequestHeaderTooLarge(ClientError):

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from unionstore.errors import InvalidArgument
 from unionstore.ufs.base import FileStatus, UfsWriter, UnderFileSystem
 
-__all__ = ["FileStatus", "UfsWriter", "UnderFileSystem", "open_ufs", "REGISTRY"]
+__all__ = ["REGISTRY", "FileStatus", "UfsWriter", "UnderFileSystem", "open_ufs"]
 
 #: scheme -> "module:Class"
 REGISTRY: dict[str, str] = {

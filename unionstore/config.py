@@ -1,0 +1,272 @@
+"""Typed configuration, loaded in one place: TOML file, then ``UNIONSTORE_*`` environment
+variables, then command-line flags (each later source overrides the earlier one).
+
+Example (see docs/configuration.md for every key)::
+
+    listen = "127.0.0.1:9900"
+    region = "us-east-1"
+    cache_dir = "/var/cache/unionstore"
+    bucket_root = "file:///srv/data"       # every sub-folder is a bucket
+
+    [[mounts]]
+    bucket = "models"
+    prefix = ""                            # a key prefix inside the bucket, "" = whole bucket
+    uri = "hdfs://namenode:9000/models"
+
+    [[mounts]]
+    bucket = "datasets"
+    uri = "s3://origin-bucket/datasets"
+    options = { endpoint = "http://10.0.0.5:9000", access_key = "...", secret_key = "..." }
+
+    [[keys]]
+    access_key = "AKIAEXAMPLE"
+    secret_key = "..."
+    user = "alice"                         # the UFS identity (HDFS user)
+    grants = { "*" = "read", "models/checkpoints/" = "write" }
+    admin = false
+
+    [buckets.public-data]
+    anonymous = "read"
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from unionstore.errors import InvalidArgument
+
+Level = Literal["read", "write"]
+
+BUCKET_NAME = re.compile(r"^(?!\d+\.\d+\.\d+\.\d+$)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+class ConfigError(InvalidArgument):
+    """A configuration file, variable or flag that cannot be used."""
+
+
+@dataclass(frozen=True, slots=True)
+class MountConfig:
+    bucket: str
+    uri: str
+    prefix: str = ""
+    options: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyConfig:
+    access_key: str
+    secret_key: str
+    user: str | None = None
+    #: bucket, "bucket/key-prefix" or "*" -> "read" | "write"
+    grants: Mapping[str, Level] = field(default_factory=lambda: {"*": "write"})
+    admin: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BucketPolicy:
+    anonymous: Literal["none", "read"] = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    listen: str = "127.0.0.1:9900"
+    region: str = "us-east-1"
+    cache_dir: Path = field(default_factory=lambda: default_cache_dir())
+    bucket_root: str | None = None
+    bucket_root_options: Mapping[str, str] = field(default_factory=dict)
+    mounts: tuple[MountConfig, ...] = ()
+    keys: tuple[KeyConfig, ...] = ()
+    buckets: Mapping[str, BucketPolicy] = field(default_factory=dict)
+    workers: int = 1
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"listen must be HOST:PORT, not {self.listen!r}")
+        return host.strip("[]"), int(port)
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "unionstore" / "gateway"
+
+
+def parse_mount(spec: str) -> MountConfig:
+    """``BUCKET[/PREFIX]=URI`` as given to ``--mount``."""
+    target, sep, uri = spec.partition("=")
+    if not sep or not target or not uri:
+        raise ConfigError(f"--mount takes BUCKET[/PREFIX]=URI, not {spec!r}")
+    bucket, _, prefix = target.partition("/")
+    return MountConfig(bucket=bucket, uri=uri, prefix=_norm_prefix(prefix))
+
+
+def _norm_prefix(prefix: str) -> str:
+    prefix = prefix.strip("/")
+    return prefix + "/" if prefix else ""
+
+
+def _mount_from(raw: Mapping[str, Any]) -> MountConfig:
+    try:
+        return MountConfig(
+            bucket=str(raw["bucket"]),
+            uri=str(raw["uri"]),
+            prefix=_norm_prefix(str(raw.get("prefix", ""))),
+            options={str(k): str(v) for k, v in dict(raw.get("options", {})).items()},
+        )
+    except KeyError as exc:
+        raise ConfigError(f"a [[mounts]] entry lacks {exc.args[0]!r}") from None
+
+
+def _key_from(raw: Mapping[str, Any]) -> KeyConfig:
+    try:
+        grants = {str(k): v for k, v in dict(raw.get("grants", {"*": "write"})).items()}
+        for target, level in grants.items():
+            if level not in ("read", "write"):
+                raise ConfigError(f"grant {target!r} must be 'read' or 'write', not {level!r}")
+        return KeyConfig(
+            access_key=str(raw["access_key"]),
+            secret_key=str(raw["secret_key"]),
+            user=str(raw["user"]) if raw.get("user") else None,
+            grants=grants,
+            admin=bool(raw.get("admin", False)),
+        )
+    except KeyError as exc:
+        raise ConfigError(f"a [[keys]] entry lacks {exc.args[0]!r}") from None
+
+
+def from_mapping(raw: Mapping[str, Any], base: Config | None = None) -> Config:
+    """Apply a TOML-shaped mapping on top of ``base``."""
+    cfg = base or Config()
+    known = {
+        "listen", "region", "cache_dir", "bucket_root", "bucket_root_options",
+        "mounts", "keys", "buckets", "workers",
+    }
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"unknown configuration keys: {', '.join(sorted(unknown))}")
+    changes: dict[str, Any] = {}
+    for name in ("listen", "region", "bucket_root"):
+        if name in raw:
+            changes[name] = str(raw[name])
+    if "cache_dir" in raw:
+        changes["cache_dir"] = Path(str(raw["cache_dir"])).expanduser()
+    if "workers" in raw:
+        changes["workers"] = int(raw["workers"])
+    if "bucket_root_options" in raw:
+        changes["bucket_root_options"] = {
+            str(k): str(v) for k, v in dict(raw["bucket_root_options"]).items()
+        }
+    if "mounts" in raw:
+        changes["mounts"] = tuple(_mount_from(m) for m in raw["mounts"])
+    if "keys" in raw:
+        changes["keys"] = tuple(_key_from(k) for k in raw["keys"])
+    if "buckets" in raw:
+        buckets = {}
+        for name, policy in dict(raw["buckets"]).items():
+            anonymous = policy.get("anonymous", "none")
+            if anonymous not in ("none", "read"):
+                raise ConfigError(f"buckets.{name}.anonymous must be 'none' or 'read'")
+            buckets[str(name)] = BucketPolicy(anonymous=anonymous)
+        changes["buckets"] = buckets
+    return replace(cfg, **changes)
+
+
+def from_env(env: Mapping[str, str], base: Config) -> Config:
+    """``UNIONSTORE_LISTEN``, ``_REGION``, ``_CACHE_DIR``, ``_BUCKET_ROOT``, ``_WORKERS``,
+    ``_MOUNTS`` (``b=uri,b2/p=uri``), ``_ACCESS_KEY`` + ``_SECRET_KEY``."""
+    raw: dict[str, Any] = {}
+    for name in ("listen", "region", "cache_dir", "bucket_root", "workers"):
+        value = env.get("UNIONSTORE_" + name.upper())
+        if value:
+            raw[name] = value
+    cfg = from_mapping(raw, base)
+    if env.get("UNIONSTORE_MOUNTS"):
+        mounts = tuple(parse_mount(s) for s in env["UNIONSTORE_MOUNTS"].split(",") if s)
+        cfg = replace(cfg, mounts=mounts)
+    access, secret = env.get("UNIONSTORE_ACCESS_KEY"), env.get("UNIONSTORE_SECRET_KEY")
+    if access and secret:
+        cfg = replace(cfg, keys=(KeyConfig(access_key=access, secret_key=secret, admin=True),))
+    return cfg
+
+
+def load(
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Config:
+    """TOML file, then environment, then flags (``None`` values in ``flags`` are ignored)."""
+    env = os.environ if env is None else env
+    cfg = Config()
+    path = path or (Path(env["UNIONSTORE_CONFIG"]) if env.get("UNIONSTORE_CONFIG") else None)
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                cfg = from_mapping(tomllib.load(fh), cfg)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from None
+    cfg = from_env(env, cfg)
+    flags = {k: v for k, v in (flags or {}).items() if v not in (None, [], ())}
+    mounts = flags.pop("mounts", None)
+    access, secret = flags.pop("access_key", None), flags.pop("secret_key", None)
+    cfg = from_mapping(flags, cfg)
+    if mounts:
+        cfg = replace(cfg, mounts=tuple(parse_mount(m) for m in mounts))
+    if access or secret:
+        if not (access and secret):
+            raise ConfigError("--access-key and --secret-key go together")
+        cfg = replace(cfg, keys=(KeyConfig(access_key=access, secret_key=secret, admin=True),))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    cfg.host_port  # noqa: B018 - raises on a bad listen address
+    for mount in cfg.mounts:
+        if not BUCKET_NAME.match(mount.bucket):
+            raise ConfigError(f"mount bucket {mount.bucket!r} is not a valid S3 bucket name")
+    seen = set()
+    for mount in cfg.mounts:
+        if (mount.bucket, mount.prefix) in seen:
+            raise ConfigError(f"two mounts for {mount.bucket}/{mount.prefix}")
+        seen.add((mount.bucket, mount.prefix))
+    if cfg.workers < 1:
+        raise ConfigError("workers must be at least 1")
+
+
+def with_embedded_default(cfg: Config, cwd: Path) -> tuple[Config, bool]:
+    """With no mounts and no bucket root, serve ``./data`` (each sub-folder a bucket), and with
+    no keys, a generated key pair kept in the cache folder. Returns (config, generated_key)."""
+    generated = False
+    if not cfg.mounts and not cfg.bucket_root:
+        data = cwd / "data"
+        data.mkdir(exist_ok=True)
+        cfg = replace(cfg, bucket_root=data.resolve().as_uri())
+    if not cfg.keys:
+        cfg = replace(cfg, keys=(_stored_default_key(cfg.cache_dir),))
+        generated = True
+    return cfg, generated
+
+
+def _stored_default_key(cache_dir: Path) -> KeyConfig:
+    path = cache_dir / "default-credentials.toml"
+    try:
+        with open(path, "rb") as fh:
+            return _key_from({**tomllib.load(fh), "admin": True})
+    except (OSError, tomllib.TOMLDecodeError, ConfigError):
+        pass
+    access = "US" + secrets.token_hex(9).upper()
+    secret = secrets.token_urlsafe(30)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f'access_key = "{access}"\nsecret_key = "{secret}"\n')
+    tmp.chmod(0o600)
+    tmp.replace(path)
+    return KeyConfig(access_key=access, secret_key=secret, admin=True)

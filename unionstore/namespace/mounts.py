@@ -1,0 +1,137 @@
+"""The union namespace: which UFS and which path hold a bucket's key.
+
+A mount maps a bucket, or a key prefix inside a bucket, to a UFS root. Longest prefix wins, so
+``models/`` -> hdfs and ``""`` -> a local folder put every key under ``models/`` on HDFS and the
+rest on disk. Buckets also come from a *bucket root*: every sub-folder of one UFS folder is a
+bucket (this is how ``unionstore serve`` with no arguments serves ``./data``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from unionstore.config import BUCKET_NAME
+from unionstore.errors import InvalidBucketName, InvalidKey, KeyTooLong, NoSuchBucket, NotFound
+from unionstore.ufs.base import UnderFileSystem
+from unionstore.ufs.prefixed import PrefixedUfs
+
+MAX_KEY_BYTES = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    bucket: str
+    prefix: str  # "" or ends with "/"
+    ufs: UnderFileSystem
+
+    def shadows(self, others: Iterable[Mount]) -> tuple[str, ...]:
+        """Prefixes of longer mounts in the same bucket that hide part of this one."""
+        return tuple(
+            m.prefix for m in others if m.prefix != self.prefix and m.prefix.startswith(self.prefix)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where one key lives: the mount and the path relative to its UFS root."""
+
+    mount: Mount
+    path: str
+    is_dir_key: bool  # the key ends with "/"
+
+
+def check_bucket_name(bucket: str) -> str:
+    if not BUCKET_NAME.match(bucket):
+        raise InvalidBucketName(resource=bucket)
+    return bucket
+
+
+def check_key(key: str) -> str:
+    """Refuse keys that cannot map to a path inside a mount: NUL, ``.``/``..`` or empty
+    components, and keys over S3's 1024-byte limit."""
+    if not key:
+        raise InvalidKey("the object key is empty")
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise KeyTooLong()
+    if "\x00" in key:
+        raise InvalidKey("object keys cannot contain NUL")
+    parts = key.split("/")
+    if parts[-1] == "":
+        parts.pop()
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise InvalidKey(f"object key {key!r} has an empty, '.' or '..' component")
+    return key
+
+
+class MountTable:
+    def __init__(self, mounts: Iterable[Mount], bucket_root: UnderFileSystem | None = None):
+        self._static: dict[str, list[Mount]] = {}
+        for mount in mounts:
+            self._static.setdefault(mount.bucket, []).append(mount)
+        for group in self._static.values():
+            group.sort(key=lambda m: len(m.prefix), reverse=True)
+        self.bucket_root = bucket_root
+        self._rooted: dict[str, Mount] = {}
+
+    def static_buckets(self) -> list[str]:
+        return sorted(self._static)
+
+    async def list_buckets(self) -> list[tuple[str, int]]:
+        """(name, creation time in ns) of every bucket, sorted by name."""
+        found: dict[str, int] = {}
+        if self.bucket_root is not None:
+            try:
+                async for st in self.bucket_root.list_dir(""):
+                    if st.is_dir and BUCKET_NAME.match(st.name):
+                        found[st.name] = st.mtime_ns
+            except NotFound:
+                pass
+        for name in self._static:
+            found.setdefault(name, 0)
+        return sorted(found.items())
+
+    async def mounts_for(self, bucket: str) -> list[Mount]:
+        """The mounts of ``bucket``, longest prefix first; NoSuchBucket if it has none."""
+        check_bucket_name(bucket)
+        static = self._static.get(bucket, [])
+        rooted = await self._rooted_mount(bucket)
+        if rooted is None:
+            if not static:
+                raise NoSuchBucket(resource=bucket)
+            return static
+        if any(m.prefix == "" for m in static):
+            return static
+        return [*static, rooted]
+
+    async def _rooted_mount(self, bucket: str) -> Mount | None:
+        if self.bucket_root is None:
+            return None
+        try:
+            st = await self.bucket_root.stat(bucket)
+        except NotFound:
+            self._rooted.pop(bucket, None)
+            return None
+        if not st.is_dir:
+            return None
+        mount = self._rooted.get(bucket)
+        if mount is None:
+            mount = Mount(bucket, "", PrefixedUfs(self.bucket_root, bucket))
+            self._rooted[bucket] = mount
+        return mount
+
+    async def resolve(self, bucket: str, key: str) -> Target:
+        check_key(key)
+        for mount in await self.mounts_for(bucket):
+            if key.startswith(mount.prefix):
+                rel = key[len(mount.prefix) :]
+                return Target(mount, rel.rstrip("/"), key.endswith("/"))
+        raise NotFound(resource=f"/{bucket}/{key}")
+
+    async def close(self) -> None:
+        ufs = {id(m.ufs): m.ufs for group in self._static.values() for m in group}
+        if self.bucket_root is not None:
+            ufs[id(self.bucket_root)] = self.bucket_root
+        await asyncio.gather(*(u.close() for u in ufs.values()), return_exceptions=True)

@@ -1,0 +1,151 @@
+"""The S3 edge: an ASGI app that turns HTTP requests into operations on the gateway facade.
+
+Request path: error boundary -> split path into bucket and key -> authenticate (SigV4/SigV2)
+-> route to an operation in :mod:`unionstore.s3.operations` -> response. The error boundary
+here is the *only* place an error becomes an S3 XML body; every response, good or bad,
+carries ``x-amz-request-id``.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+from starlette.datastructures import Headers
+from starlette.responses import PlainTextResponse, Response
+from starlette.types import Receive, Scope, Send
+
+from unionstore.errors import (
+    InvalidArgument,
+    InvalidBucketName,
+    MethodNotAllowed,
+    NotImplementedOp,
+    RequestHeaderTooLarge,
+    UnionstoreError,
+)
+from unionstore.gateway import Gateway
+from unionstore.s3 import operations as ops
+from unionstore.s3 import xml
+from unionstore.s3.auth import SignedRequest, authenticate
+from unionstore.s3.operations import S3Call
+
+log = logging.getLogger("unionstore.s3")
+
+Operation = Callable[[Gateway, S3Call], Awaitable[Response]]
+MAX_HEADER_BYTES = 16 * 1024
+HEALTH_PATH = "/_unionstore/health"
+
+
+def _route(method: str, bucket: str | None, key: str | None) -> Operation:
+    if bucket is None:
+        if method == "GET":
+            return ops.list_buckets
+    elif key is None:
+        if method == "GET":
+            return ops.get_bucket
+        if method == "HEAD":
+            return ops.head_bucket
+    else:
+        if method == "GET":
+            return ops.get_object
+        if method == "HEAD":
+            return _head_object
+    if method in ("PUT", "POST", "DELETE"):
+        raise NotImplementedOp(f"{method} is not supported yet by this gateway")
+    raise MethodNotAllowed()
+
+
+async def _head_object(gw: Gateway, call: S3Call) -> Response:
+    return await ops.get_object(gw, call, head=True)
+
+
+def split_path(raw_path: str) -> tuple[str | None, str | None]:
+    """``/bucket/some/key`` -> (bucket, key), percent-decoded; keys keep trailing slashes."""
+    path = raw_path.lstrip("/")
+    if not path:
+        return None, None
+    bucket, sep, key = path.partition("/")
+    try:
+        bucket = unquote(bucket, errors="strict")
+        key_s = unquote(key, errors="strict") if sep and key else None
+    except UnicodeDecodeError:
+        raise InvalidArgument("The request path is not valid UTF-8") from None
+    if not bucket:
+        raise InvalidBucketName()
+    return bucket, key_s
+
+
+class S3App:
+    """The ASGI application."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        request_id = secrets.token_hex(8).upper()
+        head = scope["method"] == "HEAD"
+        try:
+            response = await self._handle(scope, request_id)
+        except UnionstoreError as err:
+            response = render_error(err, request_id, head=head, path=scope.get("path", ""))
+        except Exception:
+            log.exception("internal error on %s %s", scope["method"], scope.get("path"))
+            response = render_error(UnionstoreError(), request_id, head=head)
+        response.headers["x-amz-request-id"] = request_id
+        response.headers["x-amz-id-2"] = request_id
+        await response(scope, receive, send)
+
+    async def _handle(self, scope: Scope, request_id: str) -> Response:
+        raw_path_b: bytes = scope.get("raw_path") or scope["path"].encode()
+        raw_path = raw_path_b.decode("latin-1").partition("?")[0]
+        if raw_path == HEALTH_PATH:
+            return PlainTextResponse("ok\n")
+        headers = Headers(scope=scope)
+        if sum(len(k) + len(v) for k, v in scope["headers"]) > MAX_HEADER_BYTES:
+            raise RequestHeaderTooLarge()
+        raw_query = scope.get("query_string", b"").decode("latin-1")
+        try:
+            query = dict(parse_qsl(raw_query, keep_blank_values=True, errors="strict"))
+        except (UnicodeDecodeError, ValueError):
+            raise InvalidArgument("The query string is not valid") from None
+        bucket, key = split_path(raw_path)
+        signed = SignedRequest(
+            method=scope["method"],
+            raw_path=raw_path,
+            raw_query=raw_query,
+            headers={k: ",".join(headers.getlist(k)) for k in headers},
+        )
+        result = authenticate(signed, self.gateway.secret_for)
+        principal = self.gateway.principal(result.access_key)
+        operation = _route(scope["method"], bucket, key)
+        call = S3Call(scope["method"], bucket, key, query, headers, principal)
+        return await operation(self.gateway, call)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message: dict[str, Any] = dict(await receive())
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.gateway.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def render_error(
+    err: UnionstoreError, request_id: str, *, head: bool = False, path: str = ""
+) -> Response:
+    """The one place an error becomes an S3 response."""
+    headers = dict(err.headers())
+    if head or err.status == 304:
+        return Response(status_code=err.status, headers=headers)
+    body = xml.error(err.code, err.message, err.resource or path or None, request_id)
+    return Response(body, status_code=err.status, headers=headers, media_type="application/xml")
