@@ -42,7 +42,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         return max(0, size - suffix), size - 1
     first = int(first_s)
     last = int(last_s) if last_s else size - 1
-    if last < first:
+    if last_s and last < first:
         raise InvalidArgument(f"Invalid Range header {header!r}")
     if first >= size:
         raise InvalidRange(size)

@@ -1,0 +1,140 @@
+"""Run ``unionstore serve`` as a real process on a free loopback port, for tests and bench."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from tests.support.ports import free_port
+
+ADMIN_KEY = "AKIAUNIONSTOREADMIN"
+ADMIN_SECRET = "admin-secret-key-for-tests"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_toml_value(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def to_toml(cfg: dict[str, Any]) -> str:
+    """Enough TOML for gateway configs: scalars, inline tables, arrays of tables."""
+    lines: list[str] = []
+    tables: list[str] = []
+    for key, value in cfg.items():
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for item in value:
+                tables.append(f"[[{key}]]")
+                tables += [f"{_toml_value(k)} = {_toml_value(v)}" for k, v in item.items()]
+        elif isinstance(value, dict) and key == "buckets":
+            for name, policy in value.items():
+                tables.append(f"[buckets.{_toml_value(name)}]")
+                tables += [f"{k} = {_toml_value(v)}" for k, v in policy.items()]
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines + tables) + "\n"
+
+
+class GatewayProcess:
+    """``unionstore serve --config FILE`` in its own process group."""
+
+    def __init__(self, config: dict[str, Any], *, workdir: Path | None = None) -> None:
+        self.port = free_port()
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="unionstore-gw-"))
+        config = {
+            "listen": f"127.0.0.1:{self.port}",
+            "cache_dir": str(self.workdir / "cache"),
+            "keys": [{"access_key": ADMIN_KEY, "secret_key": ADMIN_SECRET, "admin": True}],
+            **config,
+        }
+        self.config = config
+        self.config_path = self.workdir / "unionstore.toml"
+        self.config_path.write_text(to_toml(config))
+        self.log_path = self.workdir / "gateway.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> GatewayProcess:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "unionstore.cli", "serve", "--config", str(self.config_path)],
+            cwd=self.workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited at start:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.endpoint + "/_unionstore/health", timeout=1):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"gateway not ready in {timeout}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.proc = None
+
+    def peak_rss_bytes(self) -> int:
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmHWM")
+
+    def client(self, access_key: str = ADMIN_KEY, secret_key: str = ADMIN_SECRET, **config: Any) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            region_name="us-east-1",
+            config=Config(retries={"max_attempts": 1}, **config),
+        )
+
+    def __enter__(self) -> GatewayProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
