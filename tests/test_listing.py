@@ -209,3 +209,48 @@ async def test_max_keys_zero_touches_nothing(tmp_path: Path) -> None:
     page = await Lister().page("b", [Mount("b", "", ufs)], max_keys=0)
     assert page.entries == [] and not page.is_truncated
     assert ufs.listed == []
+
+
+def java_key(name: str) -> list[int]:
+    """HDFS's order: UTF-8 bytes compared as signed Java bytes."""
+    return [b - 256 if b > 127 else b for b in name.encode()]
+
+
+class JavaOrderUfs(CountingUfs):
+    """The real local driver, its children re-ordered the way HDFS returns them."""
+
+    name_order = "java"
+
+    async def list_dir(self, path: str) -> AsyncIterator[FileStatus]:  # type: ignore[override]
+        children = [st async for st in self.inner.list_dir(path)]
+        for st in sorted(children, key=lambda s: java_key(s.name)):
+            self.pulled += 1
+            yield st
+
+
+@pytest.mark.parametrize("delimiter", ["", "/"])
+@pytest.mark.parametrize("prefix", ["", "a", "é", "中"])
+async def test_hdfs_signed_byte_order_is_fixed(tmp_path: Path, delimiter: str, prefix: str) -> None:
+    keys = [
+        "é",
+        "ÿ/1",
+        "中文/x",
+        "中",
+        "A",
+        "Z",
+        "a",
+        "a b",
+        "a.b/c",
+        "a0",
+        "~",
+        "aé",
+        "a~",
+        "éa/b",
+    ]
+    make_tree(tmp_path, keys)
+    ufs = JavaOrderUfs(LocalUfs(tmp_path.as_uri(), {}))
+    for page in (1, 3, 100):
+        got = await list_all(
+            Lister(), [Mount("b", "", ufs)], page=page, prefix=prefix, delimiter=delimiter
+        )
+        assert got == expected(keys, prefix, delimiter), page

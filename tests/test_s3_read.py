@@ -6,9 +6,6 @@ from __future__ import annotations
 import re
 import time
 import urllib.parse
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import hdfs_native
@@ -16,80 +13,15 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.support.gateway import ADMIN_KEY, ADMIN_SECRET, GatewayProcess
+from tests.support.gateway import (
+    ADMIN_KEY,
+    ADMIN_SECRET,
+    FILES,
+    READER_KEY,
+    READER_SECRET,
+    GatewayProcess,
+)
 from tests.support.hdfs import HdfsCluster
-from tests.support.moto import MotoS3
-
-READER_KEY, READER_SECRET = "AKIAREADER", "reader-secret"
-FILES = {
-    "a.b": b"file a.b",
-    "a/x": b"x" * 10,
-    "a/y/z.txt": b"deep",
-    "a0": b"zero",
-    "sp ace+plus=eq&amp.txt": b"special",
-    "é/ünï.bin": bytes(range(256)) * 4,
-    "big.bin": bytes(i % 251 for i in range(3 * 1024 * 1024 + 17)),
-}
-
-
-@pytest.fixture(scope="module")
-def backends(hdfs: HdfsCluster, moto_s3: MotoS3, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """The same files in HDFS, a moto bucket and a local folder; returns bucket -> URI."""
-    run = uuid.uuid4().hex[:8]
-    client = hdfs_native.Client(hdfs.url)
-    hroot = f"/s3read-{run}"
-    for key, data in FILES.items():
-        path = f"{hroot}/{key}"
-        client.mkdirs(path.rsplit("/", 1)[0], create_parent=True)
-        with client.create(path) as fh:
-            fh.write(data)
-    client.mkdirs(f"{hroot}/emptydir", create_parent=True)
-    local = tmp_path_factory.mktemp("local")
-    for key, data in FILES.items():
-        (local / key).parent.mkdir(parents=True, exist_ok=True)
-        (local / key).write_bytes(data)
-    s3 = moto_s3.client()
-    bucket = f"origin-{run}"
-    s3.create_bucket(Bucket=bucket)
-    for key, data in FILES.items():
-        s3.put_object(Bucket=bucket, Key=f"pfx/{key}", Body=data)
-    return {
-        "hdfsb": f"{hdfs.url}{hroot}",
-        "localb": local.as_uri(),
-        "objb": f"s3://{bucket}/pfx",
-    }
-
-
-@pytest.fixture(scope="module")
-def gateway(backends: dict[str, str], moto_s3: MotoS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    s3_options = {
-        "endpoint": moto_s3.endpoint,
-        "access_key": moto_s3.access_key,
-        "secret_key": moto_s3.secret_key,
-        "region": moto_s3.region,
-    }
-    public = tmp_path_factory.mktemp("public")
-    (public / "hello.txt").write_bytes(b"hello anonymous")
-    mounts: list[dict[str, Any]] = [
-        {"bucket": "hdfsb", "uri": backends["hdfsb"]},
-        {"bucket": "localb", "uri": backends["localb"]},
-        {"bucket": "objb", "uri": backends["objb"], "options": s3_options},
-        {"bucket": "union", "uri": backends["localb"]},
-        {"bucket": "union", "prefix": "a/", "uri": backends["hdfsb"]},
-        {"bucket": "union", "prefix": "remote/", "uri": backends["objb"], "options": s3_options},
-        {"bucket": "public", "uri": public.as_uri()},
-    ]
-    config = {
-        "mounts": mounts,
-        "keys": [
-            {"access_key": ADMIN_KEY, "secret_key": ADMIN_SECRET, "admin": True},
-            {"access_key": READER_KEY, "secret_key": READER_SECRET, "grants": {"hdfsb": "read"}},
-        ],
-        "buckets": {"public": {"anonymous": "read"}},
-    }
-    with GatewayProcess(config) as gw:
-        yield gw
-
 
 BACKENDS = ["hdfsb", "localb", "objb"]
 
@@ -143,9 +75,9 @@ def test_list_objects_v2_details(gateway: GatewayProcess) -> None:
     assert r["KeyCount"] == 2 and r["IsTruncated"] is True
     assert r["Contents"][0]["Owner"]["DisplayName"]
     r2 = s3.list_objects_v2(Bucket="hdfsb", ContinuationToken=r["NextContinuationToken"])
-    assert [c["Key"] for c in r2["Contents"]][0] == sorted(FILES, key=str.encode)[2]
+    assert next(c["Key"] for c in r2["Contents"]) == sorted(FILES, key=str.encode)[2]
     r = s3.list_objects_v2(Bucket="hdfsb", StartAfter="a0")
-    assert [c["Key"] for c in r["Contents"]][0] == "big.bin"
+    assert next(c["Key"] for c in r["Contents"]) == "big.bin"
     r = s3.list_objects_v2(Bucket="hdfsb", Prefix="sp ace", EncodingType="url")
     assert [c["Key"] for c in r["Contents"]] == ["sp ace+plus=eq&amp.txt"]  # botocore decodes
     size = {c["Key"]: c["Size"] for c in s3.list_objects_v2(Bucket="hdfsb")["Contents"]}
@@ -182,8 +114,13 @@ def test_buckets_and_location(gateway: GatewayProcess) -> None:
 def test_ranges(gateway: GatewayProcess, bucket: str) -> None:
     s3 = gateway.client()
     data = FILES["big.bin"]
-    cases = {"bytes=0-0": data[:1], "bytes=100-": data[100:], "bytes=-17": data[-17:],
-             "bytes=1048570-2097160": data[1048570:2097161], "bytes=5-999999999": data[5:]}
+    cases = {
+        "bytes=0-0": data[:1],
+        "bytes=100-": data[100:],
+        "bytes=-17": data[-17:],
+        "bytes=1048570-2097160": data[1048570:2097161],
+        "bytes=5-999999999": data[5:],
+    }
     for rng, want in cases.items():
         r = s3.get_object(Bucket=bucket, Key="big.bin", Range=rng)
         assert r["Body"].read() == want, rng
@@ -215,7 +152,9 @@ def test_etag_stable_not_md5_shaped_and_conditionals(gateway: GatewayProcess) ->
             s3.get_object(Bucket="hdfsb", Key="a0", **kwargs)
         assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == status, kwargs
     r = s3.get_object(
-        Bucket="hdfsb", Key="a0", ResponseContentType="text/x-test",
+        Bucket="hdfsb",
+        Key="a0",
+        ResponseContentType="text/x-test",
         ResponseContentDisposition="attachment; filename=z",
     )
     assert r["ContentType"] == "text/x-test"
@@ -259,7 +198,10 @@ def test_wrong_credentials_are_refused(gateway: GatewayProcess) -> None:
     cases = [
         (gateway.client("AKIANOBODY", "x"), "InvalidAccessKeyId"),
         (gateway.client(ADMIN_KEY, "wrong-secret"), "SignatureDoesNotMatch"),
-        (gateway.client(ADMIN_KEY, "wrong-secret", signature_version="s3"), "SignatureDoesNotMatch"),
+        (
+            gateway.client(ADMIN_KEY, "wrong-secret", signature_version="s3"),
+            "SignatureDoesNotMatch",
+        ),
     ]
     for s3, code in cases:
         with pytest.raises(ClientError) as err:
@@ -279,7 +221,9 @@ def test_grants_and_anonymous(gateway: GatewayProcess) -> None:
     assert r.status_code == 403 and b"AccessDenied" in r.content
 
 
-def _signed(gateway: GatewayProcess, method: str, raw_path: str, headers: dict[str, str] | None = None) -> httpx.Response:
+def _signed(
+    gateway: GatewayProcess, method: str, raw_path: str, headers: dict[str, str] | None = None
+) -> httpx.Response:
     """Send a SigV4-signed request with a path exactly as given (no client normalisation)."""
     from botocore.auth import S3SigV4Auth
     from botocore.awsrequest import AWSRequest
@@ -324,7 +268,9 @@ def test_bad_headers(gateway: GatewayProcess) -> None:
     assert r.status_code == 400 and "<Code>InvalidArgument</Code>" in r.text
     r = _signed(gateway, "GET", "/hdfsb/a0", {"Range": "bytes=0-1,3-4"})
     assert r.status_code == 200 and r.content == b"zero"  # a range list is served whole, as S3 does
-    r = httpx.get(f"{gateway.endpoint}/hdfsb/a0", headers={"Authorization": "AWS4-HMAC-SHA256 garbage"})
+    r = httpx.get(
+        f"{gateway.endpoint}/hdfsb/a0", headers={"Authorization": "AWS4-HMAC-SHA256 garbage"}
+    )
     assert r.status_code in (400, 403) and b"<Error>" in r.content
     r = httpx.get(f"{gateway.endpoint}/hdfsb/a0", headers={"X-Big": "x" * 70_000})
     assert 400 <= r.status_code < 500

@@ -16,6 +16,16 @@ from tests.support.ports import free_port
 
 ADMIN_KEY = "AKIAUNIONSTOREADMIN"
 ADMIN_SECRET = "admin-secret-key-for-tests"
+READER_KEY, READER_SECRET = "AKIAREADER", "reader-secret"
+FILES = {
+    "a.b": b"file a.b",
+    "a/x": b"x" * 10,
+    "a/y/z.txt": b"deep",
+    "a0": b"zero",
+    "sp ace+plus=eq&amp.txt": b"special",
+    "é/ünï.bin": bytes(range(256)) * 4,
+    "big.bin": bytes(i % 251 for i in range(3 * 1024 * 1024 + 17)),
+}
 
 
 def _toml_value(value: Any) -> str:
@@ -26,7 +36,11 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{_toml_value(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+        return (
+            "{ "
+            + ", ".join(f"{_toml_value(k)} = {_toml_value(v)}" for k, v in value.items())
+            + " }"
+        )
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {value!r} as TOML")
@@ -73,7 +87,7 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> GatewayProcess:
-        log = open(self.log_path, "ab")
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "unionstore.cli", "serve", "--config", str(self.config_path)],
             cwd=self.workdir,
@@ -120,7 +134,9 @@ class GatewayProcess:
                 return int(line.split()[1]) * 1024
         raise RuntimeError("no VmHWM")
 
-    def client(self, access_key: str = ADMIN_KEY, secret_key: str = ADMIN_SECRET, **config: Any) -> Any:
+    def client(
+        self, access_key: str = ADMIN_KEY, secret_key: str = ADMIN_SECRET, **config: Any
+    ) -> Any:
         import boto3
         from botocore.config import Config
 

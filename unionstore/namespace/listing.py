@@ -2,10 +2,12 @@
 
 S3 returns keys sorted by their UTF-8 bytes (the same as code-point order of ``str``). A UFS
 returns the children of one directory sorted by *name*, and a naive depth-first walk is then
-wrong: directory ``a`` holds key ``a/x``, which must come after file ``a.b`` (``.`` < ``/``).
-:func:`_in_key_order` fixes this while streaming: a directory sorts as ``name + "/"``, so it
-is held back in a small heap until the stream passes that point. Only directories whose name
-is a prefix of the current name are ever held, so memory stays small.
+wrong twice over: directory ``a`` holds key ``a/x``, which must come after file ``a.b``
+(``.`` < ``/``); and HDFS compares names as signed Java bytes, so ``é`` comes before ``a``.
+:func:`_in_key_order` fixes both while streaming: a directory sorts as ``name + "/"``, and
+each child is held back in a small heap only until the stream has passed the point where
+nothing can sort below it. For ASCII names only directories that prefix the current name are
+held; in HDFS's order non-ASCII names are held until the first ASCII name after them.
 
 The walk is lazy at every level: with ``max-keys=1`` only the first child of each directory on
 the way down is fetched, and with delimiter ``/`` sub-directories are reported as common
@@ -56,27 +58,43 @@ class Page:
         return [e.key for e in self.entries if e.is_prefix]
 
 
+def _ascii_head(name: str) -> str:
+    """The part of ``name`` before its first non-ASCII character."""
+    for i, ch in enumerate(name):
+        if ch >= "\x80":
+            return name[:i]
+    return name
+
+
 async def _in_key_order(
     ufs: UnderFileSystem, rel_dir: str, name_prefix: str
 ) -> AsyncIterator[tuple[str, FileStatus]]:
     """Children of ``rel_dir`` whose name starts with ``name_prefix``, as (sort name, status)
-    in key order, where a directory's sort name is ``name + "/"``."""
+    in key order, where a directory's sort name is ``name + "/"``.
+
+    Children arrive in the driver's ``name_order``. Each arriving name bounds from below the
+    key of everything still to come: in code-point order the name itself; in HDFS's signed-byte
+    order only its ASCII head (a later name may differ at the first non-ASCII character with an
+    ASCII one, which sorts lower in S3). Held children below the bound are released.
+    """
+    bound_of = _ascii_head if ufs.name_order == "java" else str
     held: list[tuple[str, int, FileStatus]] = []
     n = 0
+    seen_group = False
     async for st in ufs.list_dir(rel_dir):
         name = st.name
-        if name < name_prefix:
-            continue
         if not name.startswith(name_prefix):
-            break
-        while held and held[0][0] < name:
+            if seen_group:
+                break  # names sharing a prefix are contiguous in any lexicographic order
+            continue
+        seen_group = True
+        n += 1
+        heapq.heappush(held, (name + "/" if st.is_dir else name, n, st))
+        # no later child can sort at or below the bound (see the docstring)
+        bound = bound_of(name)
+        while held and held[0][0] <= bound:
             sort_name, _, held_st = heapq.heappop(held)
             yield sort_name, held_st
-        if st.is_dir:
-            n += 1
-            heapq.heappush(held, (name + "/", n, st))
-        else:
-            yield name, st
     while held:
         sort_name, _, held_st = heapq.heappop(held)
         yield sort_name, held_st

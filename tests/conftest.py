@@ -1,0 +1,120 @@
+"""Shared fixtures: real servers, started once per test session.
+
+- `hdfs`: a real Hadoop 2.7.3 NameNode + DataNode on loopback (tests/support/hdfs.py)
+- `hdfs_client`: a fresh `hdfs_native.Client` for it (connects as $HADOOP_USER_NAME, or the OS
+  user, at its first call)
+- `moto_s3`: moto's S3 server on loopback (tests/support/moto.py)
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import hdfs_native
+import pytest
+
+from tests.support.gateway import (
+    ADMIN_KEY,
+    ADMIN_SECRET,
+    FILES,
+    READER_KEY,
+    READER_SECRET,
+    GatewayProcess,
+)
+from tests.support.hdfs import HdfsCluster
+from tests.support.moto import MotoS3
+
+
+@pytest.fixture(scope="session")
+def hdfs() -> Iterator[HdfsCluster]:
+    cluster = HdfsCluster()
+    try:
+        cluster.start()  # kills what it started if it fails halfway
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def hdfs_client(hdfs: HdfsCluster) -> hdfs_native.Client:
+    return hdfs_native.Client(hdfs.url)
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[MotoS3]:
+    server = MotoS3()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# ---- more fixtures go below this line (gateway, MariaDB, FUSE mount, ...) --------------------
+
+@pytest.fixture(scope="session")
+def backends(
+    hdfs: HdfsCluster, moto_s3: MotoS3, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    """The same files in HDFS, a moto bucket and a local folder; returns bucket -> URI."""
+    run = uuid.uuid4().hex[:8]
+    client = hdfs_native.Client(hdfs.url)
+    hroot = f"/s3read-{run}"
+    for key, data in FILES.items():
+        path = f"{hroot}/{key}"
+        client.mkdirs(path.rsplit("/", 1)[0], create_parent=True)
+        with client.create(path) as fh:
+            fh.write(data)
+    client.mkdirs(f"{hroot}/emptydir", create_parent=True)
+    local = tmp_path_factory.mktemp("local")
+    for key, data in FILES.items():
+        (local / key).parent.mkdir(parents=True, exist_ok=True)
+        (local / key).write_bytes(data)
+    s3 = moto_s3.client()
+    bucket = f"origin-{run}"
+    s3.create_bucket(Bucket=bucket)
+    for key, data in FILES.items():
+        s3.put_object(Bucket=bucket, Key=f"pfx/{key}", Body=data)
+    return {
+        "hdfsb": f"{hdfs.url}{hroot}",
+        "localb": local.as_uri(),
+        "objb": f"s3://{bucket}/pfx",
+    }
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    backends: dict[str, str], moto_s3: MotoS3, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    """One gateway over all three backends, a union bucket and a public bucket."""
+    s3_options = {
+        "endpoint": moto_s3.endpoint,
+        "access_key": moto_s3.access_key,
+        "secret_key": moto_s3.secret_key,
+        "region": moto_s3.region,
+    }
+    public = tmp_path_factory.mktemp("public")
+    (public / "hello.txt").write_bytes(b"hello anonymous")
+    mounts: list[dict[str, Any]] = [
+        {"bucket": "hdfsb", "uri": backends["hdfsb"]},
+        {"bucket": "localb", "uri": backends["localb"]},
+        {"bucket": "objb", "uri": backends["objb"], "options": s3_options},
+        {"bucket": "union", "uri": backends["localb"]},
+        {"bucket": "union", "prefix": "a/", "uri": backends["hdfsb"]},
+        {"bucket": "union", "prefix": "remote/", "uri": backends["objb"], "options": s3_options},
+        {"bucket": "public", "uri": public.as_uri()},
+    ]
+    config = {
+        "mounts": mounts,
+        "keys": [
+            {"access_key": ADMIN_KEY, "secret_key": ADMIN_SECRET, "admin": True},
+            {"access_key": READER_KEY, "secret_key": READER_SECRET, "grants": {"hdfsb": "read"}},
+        ],
+        "buckets": {"public": {"anonymous": "read"}},
+    }
+    with GatewayProcess(config) as gw:
+        yield gw
+
+
