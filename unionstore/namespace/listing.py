@@ -1,13 +1,12 @@
 """Listing a bucket in S3 key order, at a cost that grows with the page, not the subtree.
 
 S3 returns keys sorted by their UTF-8 bytes (the same as code-point order of ``str``). A UFS
-returns the children of one directory sorted by *name*, and a naive depth-first walk is then
-wrong twice over: directory ``a`` holds key ``a/x``, which must come after file ``a.b``
-(``.`` < ``/``); and HDFS compares names as signed Java bytes, so ``é`` comes before ``a``.
-:func:`_in_key_order` fixes both while streaming: a directory sorts as ``name + "/"``, and
-each child is held back in a small heap only until the stream has passed the point where
-nothing can sort below it. For ASCII names only directories that prefix the current name are
-held; in HDFS's order non-ASCII names are held until the first ASCII name after them.
+returns the children of one directory sorted by *name* (drivers fix backends that order
+otherwise, like HDFS's signed bytes), and a naive depth-first walk is still wrong: directory
+``a`` holds key ``a/x``, which must come after file ``a.b`` (``.`` < ``/``).
+:func:`_in_key_order` fixes this while streaming: a directory sorts as ``name + "/"``, so it
+is held back in a small heap until the stream passes that point. Only directories whose name
+is a prefix of the current name are ever held, so memory stays small.
 
 The walk is lazy at every level: with ``max-keys=1`` only the first child of each directory on
 the way down is fetched, and with delimiter ``/`` sub-directories are reported as common
@@ -58,26 +57,14 @@ class Page:
         return [e.key for e in self.entries if e.is_prefix]
 
 
-def _ascii_head(name: str) -> str:
-    """The part of ``name`` before its first non-ASCII character."""
-    for i, ch in enumerate(name):
-        if ch >= "\x80":
-            return name[:i]
-    return name
-
-
 async def _in_key_order(
     ufs: UnderFileSystem, rel_dir: str, name_prefix: str
 ) -> AsyncIterator[tuple[str, FileStatus]]:
     """Children of ``rel_dir`` whose name starts with ``name_prefix``, as (sort name, status)
     in key order, where a directory's sort name is ``name + "/"``.
 
-    Children arrive in the driver's ``name_order``. Each arriving name bounds from below the
-    key of everything still to come: in code-point order the name itself; in HDFS's signed-byte
-    order only its ASCII head (a later name may differ at the first non-ASCII character with an
-    ASCII one, which sorts lower in S3). Held children below the bound are released.
-    """
-    bound_of = _ascii_head if ufs.name_order == "java" else str
+    Children arrive in name order, so each arriving name bounds from below the key of
+    everything still to come; held children at or below it are released."""
     held: list[tuple[str, int, FileStatus]] = []
     n = 0
     seen_group = False
@@ -90,9 +77,7 @@ async def _in_key_order(
         seen_group = True
         n += 1
         heapq.heappush(held, (name + "/" if st.is_dir else name, n, st))
-        # no later child can sort at or below the bound (see the docstring)
-        bound = bound_of(name)
-        while held and held[0][0] <= bound:
+        while held and held[0][0] <= name:
             sort_name, _, held_st = heapq.heappop(held)
             yield sort_name, held_st
     while held:

@@ -8,11 +8,10 @@ before they get here; drivers still refuse anything that would escape the root.
 Contract (checked by ``tests/test_ufs_contract.py`` against every driver):
 
 - ``stat`` returns a :class:`FileStatus` or raises :class:`unionstore.errors.NotFound`.
-- ``list_dir`` yields the children of a directory sorted by name, in the order the driver's
-  ``name_order`` declares (code-point order, which is S3's key order, unless the backend can
-  only give another lexicographic order cheaply, like HDFS's signed-byte order), lazily:
-  taking the first child of a directory of 100,000 entries must not fetch them all when the
-  backend can page.
+- ``list_dir`` yields the children of a directory **sorted by name in code-point order** (the
+  same as UTF-8 byte order, which is S3's key order; a driver whose backend orders otherwise,
+  like HDFS's signed bytes, re-orders while streaming), lazily: taking the first child of a
+  directory of 100,000 entries must not fetch them all when the backend can page.
   Listing a file or a missing path raises ``NotFound``.
 - ``read_range`` streams exactly ``length`` bytes from ``offset`` (fewer only at end of file) in
   chunks of bounded size.
@@ -66,9 +65,6 @@ class UnderFileSystem(ABC):
     scheme: ClassVar[str]
     #: preferred size of one chunk yielded by read_range
     chunk_size: ClassVar[int] = 1 << 20
-    #: the order list_dir yields names in: "codepoint" (= UTF-8 bytes unsigned, S3's order) or
-    #: "java" (UTF-8 bytes compared as *signed* Java bytes, HDFS's order: non-ASCII first)
-    name_order: ClassVar[str] = "codepoint"
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
