@@ -54,6 +54,7 @@ def moto_s3() -> Iterator[MotoS3]:
 
 # ---- more fixtures go below this line (gateway, MariaDB, FUSE mount, ...) --------------------
 
+
 @pytest.fixture(scope="session")
 def backends(
     hdfs: HdfsCluster, moto_s3: MotoS3, tmp_path_factory: pytest.TempPathFactory
@@ -68,6 +69,7 @@ def backends(
         with client.create(path) as fh:
             fh.write(data)
     client.mkdirs(f"{hroot}/emptydir", create_parent=True)
+    client.mkdirs(f"{hroot}-scratch", create_parent=True)
     local = tmp_path_factory.mktemp("local")
     for key, data in FILES.items():
         (local / key).parent.mkdir(parents=True, exist_ok=True)
@@ -79,6 +81,7 @@ def backends(
         s3.put_object(Bucket=bucket, Key=f"pfx/{key}", Body=data)
     return {
         "hdfsb": f"{hdfs.url}{hroot}",
+        "scratch": f"{hdfs.url}{hroot}-scratch",
         "localb": local.as_uri(),
         "objb": f"s3://{bucket}/pfx",
     }
@@ -99,6 +102,7 @@ def gateway(
     (public / "hello.txt").write_bytes(b"hello anonymous")
     mounts: list[dict[str, Any]] = [
         {"bucket": "hdfsb", "uri": backends["hdfsb"]},
+        {"bucket": "scratch", "uri": backends["scratch"]},
         {"bucket": "localb", "uri": backends["localb"]},
         {"bucket": "objb", "uri": backends["objb"], "options": s3_options},
         {"bucket": "union", "uri": backends["localb"]},
@@ -116,5 +120,3 @@ def gateway(
     }
     with GatewayProcess(config) as gw:
         yield gw
-
-

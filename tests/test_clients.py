@@ -37,8 +37,9 @@ def aws(gateway: GatewayProcess, *args: str) -> subprocess.CompletedProcess[byte
 
 
 def rclone(gateway: GatewayProcess, *args: str) -> subprocess.CompletedProcess[bytes]:
+    # rclone's S3 backend reads AWS_* variables too (AWS_CA_BUNDLE breaks its HTTP client)
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
         "RCLONE_CONFIG": "/dev/null",
         "RCLONE_CONFIG_GW_TYPE": "s3",
         "RCLONE_CONFIG_GW_PROVIDER": "Other",

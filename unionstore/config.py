@@ -51,12 +51,83 @@ class ConfigError(InvalidArgument):
     """A configuration file, variable or flag that cannot be used."""
 
 
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "t": 10**12,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+_DURATION_UNITS = {"": 1.0, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_NUMBER_UNIT = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(value: str | int | float) -> int:
+    """Bytes from ``4MiB``, ``10GB`` (10**9), ``512`` ... (MB is 10**6 bytes, MiB 2**20)."""
+    if isinstance(value, int | float):
+        return int(value)
+    m = _NUMBER_UNIT.match(value)
+    unit = m.group(2).lower() if m else None
+    if m is None or unit not in _SIZE_UNITS:
+        raise ConfigError(f"not a size: {value!r} (try 4MiB, 10GB, 512)")
+    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Seconds from ``60s``, ``500ms``, ``1h``, ``0`` ..."""
+    if isinstance(value, int | float):
+        return float(value)
+    m = _NUMBER_UNIT.match(value)
+    unit = m.group(2).lower() if m else None
+    if m is None or unit not in _DURATION_UNITS:
+        raise ConfigError(f"not a duration: {value!r} (try 60s, 500ms, 1h)")
+    return float(m.group(1)) * _DURATION_UNITS[unit]
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    enabled: bool = True
+    metadata_ttl: float = 60.0
+    metadata_max_entries: int = 100_000
+    stale_if_error: float = 3600.0
+    block_size: int = 4 << 20
+    capacity: int = 10 << 30
+    fill_concurrency: int = 8
+    fill_per_file: int = 4
+    fill_queue: int = 4096
+    readahead_blocks: int = 4
+
+
+_CACHE_PARSERS: dict[str, Any] = {
+    "enabled": bool,
+    "metadata_ttl": parse_duration,
+    "metadata_max_entries": int,
+    "stale_if_error": parse_duration,
+    "block_size": parse_size,
+    "capacity": parse_size,
+    "fill_concurrency": int,
+    "fill_per_file": int,
+    "fill_queue": int,
+    "readahead_blocks": int,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class MountConfig:
     bucket: str
     uri: str
     prefix: str = ""
     options: Mapping[str, str] = field(default_factory=dict)
+    metadata_ttl: float | None = None  # None: the [cache] default
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +156,7 @@ class Config:
     keys: tuple[KeyConfig, ...] = ()
     buckets: Mapping[str, BucketPolicy] = field(default_factory=dict)
     workers: int = 1
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -120,6 +192,7 @@ def _mount_from(raw: Mapping[str, Any]) -> MountConfig:
             uri=str(raw["uri"]),
             prefix=_norm_prefix(str(raw.get("prefix", ""))),
             options={str(k): str(v) for k, v in dict(raw.get("options", {})).items()},
+            metadata_ttl=(parse_duration(raw["metadata_ttl"]) if "metadata_ttl" in raw else None),
         )
     except KeyError as exc:
         raise ConfigError(f"a [[mounts]] entry lacks {exc.args[0]!r}") from None
@@ -142,12 +215,34 @@ def _key_from(raw: Mapping[str, Any]) -> KeyConfig:
         raise ConfigError(f"a [[keys]] entry lacks {exc.args[0]!r}") from None
 
 
+def _cache_from(raw: Mapping[str, Any], base: CacheConfig) -> CacheConfig:
+    unknown = set(raw) - set(_CACHE_PARSERS)
+    if unknown:
+        raise ConfigError(f"unknown [cache] keys: {', '.join(sorted(unknown))}")
+    try:
+        changes = {k: _CACHE_PARSERS[k](v) for k, v in raw.items()}
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"bad [cache] value: {exc}") from None
+    cache = replace(base, **changes)
+    if cache.block_size < 4096 or cache.fill_concurrency < 1 or cache.fill_per_file < 1:
+        raise ConfigError("cache block_size must be >= 4KiB and fill limits >= 1")
+    return cache
+
+
 def from_mapping(raw: Mapping[str, Any], base: Config | None = None) -> Config:
     """Apply a TOML-shaped mapping on top of ``base``."""
     cfg = base or Config()
     known = {
-        "listen", "region", "cache_dir", "bucket_root", "bucket_root_options",
-        "mounts", "keys", "buckets", "workers",
+        "listen",
+        "region",
+        "cache_dir",
+        "bucket_root",
+        "bucket_root_options",
+        "mounts",
+        "keys",
+        "buckets",
+        "workers",
+        "cache",
     }
     unknown = set(raw) - known
     if unknown:
@@ -164,6 +259,8 @@ def from_mapping(raw: Mapping[str, Any], base: Config | None = None) -> Config:
         changes["bucket_root_options"] = {
             str(k): str(v) for k, v in dict(raw["bucket_root_options"]).items()
         }
+    if "cache" in raw:
+        changes["cache"] = _cache_from(dict(raw["cache"]), cfg.cache)
     if "mounts" in raw:
         changes["mounts"] = tuple(_mount_from(m) for m in raw["mounts"])
     if "keys" in raw:
@@ -214,6 +311,11 @@ def load(
             raise ConfigError(f"cannot read config {path}: {exc}") from None
     cfg = from_env(env, cfg)
     flags = {k: v for k, v in (flags or {}).items() if v not in (None, [], ())}
+    cache_flags = {
+        k[6:]: flags.pop(k) for k in list(flags) if k.startswith("cache_") and k != "cache_dir"
+    }
+    if cache_flags:
+        flags["cache"] = cache_flags
     mounts = flags.pop("mounts", None)
     access, secret = flags.pop("access_key", None), flags.pop("secret_key", None)
     cfg = from_mapping(flags, cfg)

@@ -1,20 +1,28 @@
 """The facade of the core: the one object the S3 edge (and later the FUSE bridge and the
-prefetch daemon) talk to. It owns the mount table, the lister and the grants; it knows
-nothing of HTTP.
+prefetch daemon) talk to. It owns the mount table, the lister, the caches and the grants; it
+knows nothing of HTTP.
+
+Data flows one way: gateway -> namespace (mounts, lister) -> caches (metadata wrapper around
+each mount's UFS, block cache with its fetcher) -> UFS driver.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from unionstore.cache.blocks import BlockCache, FileVersion
+from unionstore.cache.coordinator import EmbeddedCoordinator
+from unionstore.cache.metadata import MetadataCachingUfs, TtlCache
+from unionstore.cache.store import BlockStore
 from unionstore.config import Config, KeyConfig, Level
 from unionstore.errors import AccessDenied, InvalidAccessKeyId, NoSuchKey, NotFound
+from unionstore.metrics import Registry, Sample
 from unionstore.namespace.etag import etag_of
 from unionstore.namespace.listing import Lister, Page
 from unionstore.namespace.mounts import Mount, MountTable, Target, check_bucket_name
 from unionstore.ufs import open_ufs
-from unionstore.ufs.base import FileStatus
+from unionstore.ufs.base import FileStatus, UnderFileSystem
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,26 +55,76 @@ class ObjectInfo:
     def etag(self) -> str:
         return etag_of(self.status)
 
+    def version(self) -> FileVersion:
+        st, ufs = self.status, self.target.mount.ufs
+        return FileVersion(
+            file_id=f"{ufs.uri.rstrip('/')}/{self.target.path}",
+            version=f"{st.size}:{st.mtime_ns}:{st.checksum or ''}",
+            size=st.size,
+            mount=mount_label(self.target.mount),
+        )
+
+
+def mount_label(mount: Mount) -> str:
+    return f"{mount.bucket}/{mount.prefix}"
+
 
 class Gateway:
-    def __init__(self, config: Config, mounts: MountTable) -> None:
+    def __init__(
+        self,
+        config: Config,
+        mounts: MountTable,
+        blocks: BlockCache | None = None,
+        metrics: Registry | None = None,
+    ) -> None:
         self.config = config
         self.mounts = mounts
-        self.lister = Lister()
+        self.blocks = blocks
+        self.lister = Lister(page_ttl=config.cache.metadata_ttl if config.cache.enabled else 0)
+        self.metrics = metrics or Registry()
+        self.metrics.add_source(self._cache_samples)
         self._keys = {k.access_key: k for k in config.keys}
 
     @classmethod
     def from_config(cls, config: Config) -> Gateway:
+        cc = config.cache
+
+        def meta(ufs: UnderFileSystem, ttl: float | None = None) -> UnderFileSystem:
+            if not cc.enabled:
+                return ufs
+            cache: TtlCache[str, FileStatus | None] = TtlCache(
+                ttl=cc.metadata_ttl if ttl is None else ttl,
+                max_entries=cc.metadata_max_entries,
+                stale_if_error=cc.stale_if_error,
+            )
+            return MetadataCachingUfs(ufs, cache)
+
         mounts = [
-            Mount(m.bucket, m.prefix, open_ufs(m.uri, m.options)) for m in config.mounts
+            Mount(m.bucket, m.prefix, meta(open_ufs(m.uri, m.options), m.metadata_ttl))
+            for m in config.mounts
         ]
-        root = None
-        if config.bucket_root:
-            root = open_ufs(config.bucket_root, config.bucket_root_options)
-        return cls(config, MountTable(mounts, root))
+        root = (
+            open_ufs(config.bucket_root, config.bucket_root_options) if config.bucket_root else None
+        )
+        blocks = None
+        if cc.enabled:
+            store = BlockStore(config.cache_dir / "blocks", cc.capacity)
+            store.sweep_orphans()
+            blocks = BlockCache(
+                store,
+                EmbeddedCoordinator(store),
+                block_size=cc.block_size,
+                fill_concurrency=cc.fill_concurrency,
+                fill_per_file=cc.fill_per_file,
+                max_queued=cc.fill_queue,
+                readahead_blocks=cc.readahead_blocks,
+            )
+        return cls(config, MountTable(mounts, root, wrap=meta), blocks)
 
     async def close(self) -> None:
         await self.mounts.close()
+        if self.blocks is not None:
+            self.blocks.store.close()
 
     # -- identity and grants -------------------------------------------------------------
     def secret_for(self, access_key: str) -> str | None:
@@ -142,10 +200,14 @@ class Gateway:
             max_keys=max_keys,
         )
 
-    async def stat_object(self, bucket: str, key: str) -> ObjectInfo:
+    async def stat_object(self, bucket: str, key: str, *, fresh: bool = False) -> ObjectInfo:
+        """The object at ``key``; ``fresh`` bypasses the metadata cache for this one stat."""
         target = await self.mounts.resolve(bucket, key)
+        ufs = target.mount.ufs
+        if fresh and isinstance(ufs, MetadataCachingUfs):
+            ufs.invalidate(target.path, recursive=False)
         try:
-            status = await target.mount.ufs.stat(target.path)
+            status = await ufs.stat(target.path)
         except NotFound:
             raise NoSuchKey(resource=f"/{bucket}/{key}") from None
         if status.is_dir or target.is_dir_key:
@@ -153,4 +215,138 @@ class Gateway:
         return ObjectInfo(bucket, key, status, target)
 
     def read_object(self, obj: ObjectInfo, offset: int, length: int) -> AsyncIterator[bytes]:
-        return obj.target.mount.ufs.read_range(obj.target.path, offset, length)
+        """Stream a byte range of ``obj`` through the block cache (or straight from the UFS)."""
+        ufs, path = obj.target.mount.ufs, obj.target.path
+        if self.blocks is None:
+            return ufs.read_range(path, offset, length)
+
+        async def fetch(off: int, n: int) -> bytes:
+            return await ufs.read_block(path, off, n)
+
+        whole = offset == 0 and length == obj.size
+        return self.blocks.read(obj.version(), fetch, offset, length, whole=whole)
+
+    # -- cache control (admin API, prefetch daemon) -----------------------------------------
+    async def invalidate(self, bucket: str, prefix: str = "", *, data: bool = False) -> int:
+        """Drop cached metadata (and with ``data``, cached blocks) of keys under ``prefix``."""
+        dropped = 0
+        mounts = await self.mounts.mounts_for(bucket)
+        self.lister.forget(bucket)
+        for mount in _covering(mounts, prefix):
+            rel = prefix[len(mount.prefix) :] if prefix.startswith(mount.prefix) else ""
+            if isinstance(mount.ufs, MetadataCachingUfs):
+                dropped += mount.ufs.invalidate_prefix(rel) if rel else mount.ufs.invalidate("")
+                parent = rel.rstrip("/").rpartition("/")[0]
+                mount.ufs.invalidate(parent, recursive=False) if parent else None
+            if data and self.blocks is not None:
+                file_prefix = f"{mount.ufs.uri.rstrip('/')}/{rel}"
+                self.blocks.forget(file_prefix)
+                dropped += self.blocks.store.evict_where(file_prefix)
+        if self.mounts.root_view is not None and isinstance(
+            self.mounts.root_view, MetadataCachingUfs
+        ):
+            self.mounts.root_view.invalidate(bucket, recursive=False)
+        return dropped
+
+    async def warm(self, bucket: str, key: str) -> ObjectInfo:
+        """Fill every block of one object (fresh metadata first)."""
+        obj = await self.stat_object(bucket, key, fresh=True)
+        if self.blocks is not None:
+            ufs, path = obj.target.mount.ufs, obj.target.path
+
+            async def fetch(off: int, n: int) -> bytes:
+                return await ufs.read_block(path, off, n)
+
+            await self.blocks.warm(obj.version(), fetch)
+        return obj
+
+    def _cache_samples(self) -> Iterable[Sample]:
+        for mount in self.mounts.all_mounts():
+            label = {"mount": mount_label(mount)}
+            if isinstance(mount.ufs, MetadataCachingUfs):
+                c = mount.ufs.cache
+                yield "counter", "unionstore_metadata_hits", "metadata cache hits", label, c.hits
+                yield (
+                    "counter",
+                    "unionstore_metadata_misses",
+                    "metadata cache misses",
+                    label,
+                    c.misses,
+                )
+                yield (
+                    "counter",
+                    "unionstore_metadata_stale_serves",
+                    "stale metadata served because the UFS failed",
+                    label,
+                    c.stale_serves,
+                )
+                yield (
+                    "gauge",
+                    "unionstore_metadata_entries",
+                    "metadata cache entries",
+                    label,
+                    len(c),
+                )
+        if self.blocks is None:
+            return
+        for mount_name, s in self.blocks.stats.items():
+            label = {"mount": mount_name}
+            yield "counter", "unionstore_block_hits", "block cache hits", label, s.hits
+            yield "counter", "unionstore_block_misses", "block cache misses", label, s.misses
+            yield (
+                "counter",
+                "unionstore_ufs_read_bytes",
+                "bytes read from the UFS",
+                label,
+                s.ufs_bytes,
+            )
+            yield "counter", "unionstore_served_bytes", "object bytes served", label, s.served_bytes
+            yield (
+                "gauge",
+                "unionstore_read_amplification",
+                "bytes read from the UFS / bytes served",
+                label,
+                s.read_amplification,
+            )
+            yield (
+                "counter",
+                "unionstore_block_evictions",
+                "cached blocks found evicted",
+                label,
+                s.evictions,
+            )
+            yield (
+                "counter",
+                "unionstore_fill_failures",
+                "failed block fills",
+                label,
+                s.fill_failures,
+            )
+            yield (
+                "counter",
+                "unionstore_fill_fallbacks",
+                "reads served by a direct range read",
+                label,
+                s.fallbacks,
+            )
+            yield (
+                "counter",
+                "unionstore_fills_shed",
+                "read-ahead fills dropped (queue full)",
+                label,
+                s.shed,
+            )
+        yield "gauge", "unionstore_fills_in_flight", "block fills running", {}, self.blocks.active
+        yield "gauge", "unionstore_fills_queued", "block fills waiting", {}, self.blocks.queued
+        yield (
+            "gauge",
+            "unionstore_block_cache_bytes",
+            "bytes on disk in the block cache",
+            {},
+            self.blocks.store.volume(),
+        )
+
+
+def _covering(mounts: list[Mount], prefix: str) -> list[Mount]:
+    """Mounts that hold keys under ``prefix``."""
+    return [m for m in mounts if prefix.startswith(m.prefix) or m.prefix.startswith(prefix)]

@@ -29,6 +29,7 @@ from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
+from unionstore.cache.metadata import TtlCache
 from unionstore.errors import InvalidArgument, NotFound
 from unionstore.namespace.mounts import Mount
 from unionstore.ufs.base import FileStatus, UnderFileSystem
@@ -235,12 +236,22 @@ class _Resumable:
     peeked: Entry
 
 
+PageKey = tuple[str, str, str, str, str, bool, int]
+
+
 @dataclass
 class Lister:
-    """Pages through bucket listings, keeping recent live iterators for the next page."""
+    """Pages through bucket listings, keeping recent live iterators for the next page, and
+    (with ``page_ttl`` > 0) whole pages for that long, per bucket."""
 
     max_open: int = 256
+    page_ttl: float = 0.0
+    max_pages: int = 10_000
     _open: OrderedDict[tuple[str, str, str, str], _Resumable] = field(default_factory=OrderedDict)
+    _pages: TtlCache[PageKey, Page] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._pages = TtlCache(self.page_ttl, self.max_pages, stale_if_error=0.0)
 
     async def page(
         self,
@@ -256,6 +267,37 @@ class Lister:
         cursor = Cursor.decode(token) if token else None
         if max_keys <= 0:
             return Page([], False)
+        page_key: PageKey = (
+            bucket,
+            prefix,
+            delimiter,
+            start_after,
+            cursor.key if cursor else "",
+            cursor.is_prefix if cursor else False,
+            max_keys,
+        )
+        if self.page_ttl > 0:
+            hit = self._pages.get(page_key)
+            if hit is not None and hit[1]:
+                return hit[0]
+        page = await self._page(
+            bucket, mounts, prefix, delimiter, start_after, token, cursor, max_keys
+        )
+        if self.page_ttl > 0:
+            self._pages.put(page_key, page)
+        return page
+
+    async def _page(
+        self,
+        bucket: str,
+        mounts: Sequence[Mount],
+        prefix: str,
+        delimiter: str,
+        start_after: str,
+        token: str | None,
+        cursor: Cursor | None,
+        max_keys: int,
+    ) -> Page:
         slot = (bucket, prefix, delimiter, token or "")
         resumed = self._open.pop(slot, None) if token else None
         first: Entry | None
@@ -303,6 +345,8 @@ class Lister:
             self._open.popitem(last=False)  # the event loop's asyncgen hook closes it
 
     def forget(self, bucket: str) -> None:
-        """Drop resumable iterators of ``bucket`` (after writes, they may be stale)."""
+        """Drop cached pages and resumable iterators of ``bucket`` (after writes, or an
+        explicit invalidation, they may be stale)."""
         for slot in [s for s in self._open if s[0] == bucket]:
             del self._open[slot]
+        self._pages.drop_where(lambda k: k[0] == bucket)

@@ -9,7 +9,7 @@ bucket (this is how ``unionstore serve`` with no arguments serves ``./data``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from unionstore.config import BUCKET_NAME
@@ -67,24 +67,38 @@ def check_key(key: str) -> str:
 
 
 class MountTable:
-    def __init__(self, mounts: Iterable[Mount], bucket_root: UnderFileSystem | None = None):
+    def __init__(
+        self,
+        mounts: Iterable[Mount],
+        bucket_root: UnderFileSystem | None = None,
+        wrap: Callable[[UnderFileSystem], UnderFileSystem] = lambda ufs: ufs,
+    ) -> None:
+        """``wrap`` is applied to the UFS of each bucket found under ``bucket_root`` (the
+        gateway wraps it in a metadata cache, as it does the static mounts)."""
+        self.wrap = wrap
         self._static: dict[str, list[Mount]] = {}
         for mount in mounts:
             self._static.setdefault(mount.bucket, []).append(mount)
         for group in self._static.values():
             group.sort(key=lambda m: len(m.prefix), reverse=True)
         self.bucket_root = bucket_root
+        #: the bucket root as seen for bucket lookups (cached by ``wrap``)
+        self.root_view = wrap(bucket_root) if bucket_root is not None else None
         self._rooted: dict[str, Mount] = {}
 
     def static_buckets(self) -> list[str]:
         return sorted(self._static)
 
+    def all_mounts(self) -> list[Mount]:
+        """Static mounts and the bucket-root buckets seen so far."""
+        return [m for group in self._static.values() for m in group] + list(self._rooted.values())
+
     async def list_buckets(self) -> list[tuple[str, int]]:
         """(name, creation time in ns) of every bucket, sorted by name."""
         found: dict[str, int] = {}
-        if self.bucket_root is not None:
+        if self.root_view is not None:
             try:
-                async for st in self.bucket_root.list_dir(""):
+                async for st in self.root_view.list_dir(""):
                     if st.is_dir and BUCKET_NAME.match(st.name):
                         found[st.name] = st.mtime_ns
             except NotFound:
@@ -107,10 +121,10 @@ class MountTable:
         return [*static, rooted]
 
     async def _rooted_mount(self, bucket: str) -> Mount | None:
-        if self.bucket_root is None:
+        if self.bucket_root is None or self.root_view is None:
             return None
         try:
-            st = await self.bucket_root.stat(bucket)
+            st = await self.root_view.stat(bucket)
         except NotFound:
             self._rooted.pop(bucket, None)
             return None
@@ -118,7 +132,7 @@ class MountTable:
             return None
         mount = self._rooted.get(bucket)
         if mount is None:
-            mount = Mount(bucket, "", PrefixedUfs(self.bucket_root, bucket))
+            mount = Mount(bucket, "", self.wrap(PrefixedUfs(self.bucket_root, bucket)))
             self._rooted[bucket] = mount
         return mount
 

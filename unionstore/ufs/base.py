@@ -78,6 +78,14 @@ class UnderFileSystem(ABC):
     @abstractmethod
     def read_range(self, path: str, offset: int, length: int) -> AsyncIterator[bytes]: ...
 
+    async def read_block(self, path: str, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset`` as one buffer (a block-cache fill). Drivers with a
+        cheaper one-shot read override this."""
+        buf = bytearray()
+        async for chunk in self.read_range(path, offset, length):
+            buf += chunk
+        return bytes(buf)
+
     async def open_writer(self, path: str) -> UfsWriter:
         raise NotImplementedOp(f"{self.scheme} does not support writes")
 
@@ -93,7 +101,7 @@ class UnderFileSystem(ABC):
         """Remove a file or (with ``recursive``) a directory; a missing path raises NotFound."""
         raise NotImplementedOp(f"{self.scheme} does not support delete")
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional, most drivers hold nothing
         """Release connections. The instance is not used afterwards."""
 
 

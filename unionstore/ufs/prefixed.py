@@ -32,6 +32,9 @@ class PrefixedUfs(UnderFileSystem):
     def read_range(self, path: str, offset: int, length: int) -> AsyncIterator[bytes]:
         return self.inner.read_range(self._p(path), offset, length)
 
+    async def read_block(self, path: str, offset: int, length: int) -> bytes:
+        return await self.inner.read_block(self._p(path), offset, length)
+
     async def open_writer(self, path: str) -> UfsWriter:
         return await self.inner.open_writer(self._p(path))
 

@@ -1,0 +1,1 @@
+"""Caches near the readers: metadata with a TTL, data in blocks on local disk."""

@@ -1,0 +1,265 @@
+"""The block cache: serve byte ranges of a file version from fixed-size blocks on local disk,
+filling missing blocks from a *fetcher* (never a backend) in parallel, each block once.
+
+Design (after juicefs ``prefetch.go`` / ``singleflight.go`` and mountpoint-s3's prefetcher):
+
+- A file version (:class:`FileVersion`: id + size/mtime/checksum) is split into blocks of
+  ``block_size``; a block's key carries the version, so a changed file never mixes blocks.
+- Per file version, a bitmap records the blocks known present; a table of in-flight futures
+  (one per block key) merges concurrent misses: 16 readers of one cold file fetch each block
+  once. Other worker processes are merged by the :class:`FillCoordinator` (leases).
+- A read schedules fills ahead of the reader: the whole file for a full GET, the requested
+  blocks for a ranged GET, plus a read-ahead window when ranged GETs of one file arrive
+  sequentially. Then it streams block after block, each as soon as it lands, so the first
+  byte comes after about one block, not after the whole file.
+- Fills run under a global and a per-file limit. Scheduled-ahead fills are shed when the
+  queue is full (the reader fills on demand instead); a demanded block is never shed.
+- A failed fill fails no reader: the reader falls back to a direct range read of its block.
+  In-flight marks are always cleared in ``finally``.
+- Read amplification (bytes fetched / bytes served) is tracked per mount: near 1 for
+  sequential reads, at most one block per small random read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+from unionstore.cache.coordinator import FillCoordinator
+from unionstore.cache.store import BlockStore, block_key
+
+log = logging.getLogger("unionstore.cache")
+
+Fetch = Callable[[int, int], Awaitable[bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class FileVersion:
+    file_id: str  # stable name of the file: mount URI + path
+    version: str  # size, mtime and checksum
+    size: int
+    mount: str  # metrics label
+
+
+@dataclass(slots=True)
+class CacheStats:
+    """Counters of one mount (rendered by unionstore.metrics)."""
+
+    hits: int = 0
+    misses: int = 0
+    ufs_bytes: int = 0
+    served_bytes: int = 0
+    fallbacks: int = 0
+    fill_failures: int = 0
+    evictions: int = 0
+    shed: int = 0
+
+    @property
+    def read_amplification(self) -> float:
+        return self.ufs_bytes / self.served_bytes if self.served_bytes else 0.0
+
+
+@dataclass(slots=True)
+class _FileState:
+    nblocks: int
+    present: bytearray
+    sem: asyncio.Semaphore
+    next_offset: int = -1  # where a sequential reader would continue
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+class BlockCache:
+    def __init__(
+        self,
+        store: BlockStore,
+        coordinator: FillCoordinator,
+        *,
+        block_size: int = 4 << 20,
+        fill_concurrency: int = 8,
+        fill_per_file: int = 4,
+        max_queued: int = 4096,
+        readahead_blocks: int = 4,
+        max_files: int = 10_000,
+    ) -> None:
+        self.store = store
+        self.coordinator = coordinator
+        self.block_size = block_size
+        self.fill_per_file = fill_per_file
+        self.max_queued = max_queued
+        self.readahead_blocks = readahead_blocks
+        self.max_files = max_files
+        self._global = asyncio.Semaphore(fill_concurrency)
+        self._inflight: dict[str, asyncio.Future[bytes | None]] = {}
+        self._files: OrderedDict[tuple[str, str, int], _FileState] = OrderedDict()
+        self.queued = 0
+        self.active = 0
+        self.stats: dict[str, CacheStats] = {}
+
+    def stats_for(self, mount: str) -> CacheStats:
+        stats = self.stats.get(mount)
+        if stats is None:
+            stats = self.stats[mount] = CacheStats()
+        return stats
+
+    # -- public ----------------------------------------------------------------------------
+    async def read(
+        self, fv: FileVersion, fetch: Fetch, offset: int, length: int, *, whole: bool = False
+    ) -> AsyncIterator[bytes]:
+        """Yield ``length`` bytes of ``fv`` from ``offset``, block by block."""
+        if length <= 0:
+            return
+        bs = self.block_size
+        state = self._state(fv)
+        first, last = offset // bs, (offset + length - 1) // bs
+        ahead = last
+        if not whole and offset == state.next_offset:
+            ahead = min(state.nblocks - 1, last + self.readahead_blocks)
+        state.next_offset = offset + length
+        for i in range(first, ahead + 1):
+            self._ensure(fv, state, i, fetch, demand=False)
+        stats = self.stats_for(fv.mount)
+        end = offset + length
+        for i in range(first, last + 1):
+            data = await self._block(fv, state, i, fetch)
+            lo, hi = max(offset, i * bs) - i * bs, min(end, (i + 1) * bs) - i * bs
+            stats.served_bytes += hi - lo
+            yield data if lo == 0 and hi == len(data) else data[lo:hi]
+
+    async def warm(self, fv: FileVersion, fetch: Fetch) -> int:
+        """Fill every block of ``fv``; returns the number of blocks now present."""
+        state = self._state(fv)
+        futures = [self._ensure(fv, state, i, fetch, demand=True) for i in range(state.nblocks)]
+        await asyncio.gather(
+            *(asyncio.shield(f) for f in futures if f is not None), return_exceptions=True
+        )
+        return sum(state.present)
+
+    def forget(self, file_id_prefix: str) -> None:
+        """Drop the in-memory state of files under ``file_id_prefix`` (after invalidation)."""
+        for k in [k for k in self._files if k[0].startswith(file_id_prefix)]:
+            del self._files[k]
+
+    # -- internals -------------------------------------------------------------------------
+    def _state(self, fv: FileVersion) -> _FileState:
+        k = (fv.file_id, fv.version, self.block_size)
+        state = self._files.get(k)
+        if state is None:
+            n = max(1, -(-fv.size // self.block_size))
+            state = _FileState(n, bytearray(n), asyncio.Semaphore(self.fill_per_file))
+            self._files[k] = state
+            while len(self._files) > self.max_files:
+                self._files.popitem(last=False)
+        else:
+            self._files.move_to_end(k)
+        return state
+
+    def _key(self, fv: FileVersion, i: int) -> str:
+        return block_key(fv.file_id, fv.version, self.block_size, i)
+
+    def _length(self, fv: FileVersion, i: int) -> int:
+        return max(0, min(self.block_size, fv.size - i * self.block_size))
+
+    def _ensure(
+        self, fv: FileVersion, state: _FileState, i: int, fetch: Fetch, *, demand: bool
+    ) -> asyncio.Future[bytes | None] | None:
+        """The in-flight future of block ``i``, starting a fill if needed; None if the block
+        is known present or (ahead of the reader only) the queue is full."""
+        key = self._key(fv, i)
+        fut = self._inflight.get(key)
+        if fut is not None or state.present[i]:
+            return fut
+        if not demand and self.queued >= self.max_queued:
+            self.stats_for(fv.mount).shed += 1
+            return None
+        fut = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        self.queued += 1
+        task = asyncio.create_task(self._fill(fv, state, i, key, fetch, fut))
+        state.tasks.add(task)
+        task.add_done_callback(state.tasks.discard)
+        return fut
+
+    async def _fill(
+        self,
+        fv: FileVersion,
+        state: _FileState,
+        i: int,
+        key: str,
+        fetch: Fetch,
+        fut: asyncio.Future[bytes | None],
+    ) -> None:
+        stats = self.stats_for(fv.mount)
+        started = False
+        try:
+            async with self._global, state.sem:
+                self.queued -= 1
+                self.active += 1
+                started = True
+                if await asyncio.to_thread(self.store.contains, key):
+                    state.present[i] = 1
+                    fut.set_result(None)
+                    return
+                claimed = await self.coordinator.claim(key)
+                if not claimed and await self.coordinator.wait(key, 60.0):
+                    state.present[i] = 1
+                    fut.set_result(None)
+                    return
+                try:
+                    want = self._length(fv, i)
+                    data = await fetch(i * self.block_size, want)
+                    stats.ufs_bytes += len(data)
+                    if len(data) != want:
+                        raise OSError(f"short read of block {i}: {len(data)} != {want}")
+                    await asyncio.to_thread(self.store.put, key, data, fv.file_id)
+                    state.present[i] = 1
+                    fut.set_result(data)
+                finally:
+                    if claimed:
+                        await self.coordinator.done(key)
+        except BaseException as exc:
+            stats.fill_failures += 1
+            if not fut.done():
+                fut.set_exception(exc if isinstance(exc, Exception) else OSError("fill cancelled"))
+                fut.exception()  # mark retrieved: a waiter may not exist
+            if not isinstance(exc, Exception):
+                raise
+            log.warning("fill of %s block %d failed: %s", fv.file_id, i, exc)
+        finally:
+            if started:
+                self.active -= 1
+            else:
+                self.queued -= 1
+            if self._inflight.get(key) is fut:
+                del self._inflight[key]
+
+    async def _block(self, fv: FileVersion, state: _FileState, i: int, fetch: Fetch) -> bytes:
+        """Block ``i`` for a reader: from disk, from a fill in flight, or fetched directly."""
+        stats = self.stats_for(fv.mount)
+        key = self._key(fv, i)
+        want = self._length(fv, i)
+        if key not in self._inflight:
+            data = await asyncio.to_thread(self.store.get, key)
+            if data is not None and len(data) == want:
+                state.present[i] = 1
+                stats.hits += 1
+                return data
+            if state.present[i]:
+                state.present[i] = 0  # evicted since we saw it
+                stats.evictions += 1
+        stats.misses += 1
+        fut = self._ensure(fv, state, i, fetch, demand=True)
+        data = None
+        if fut is not None:
+            with contextlib.suppress(Exception):
+                data = await asyncio.shield(fut)
+                if data is None:
+                    data = await asyncio.to_thread(self.store.get, key)
+        if data is None or len(data) != want:
+            stats.fallbacks += 1
+            data = await fetch(i * self.block_size, want)
+            stats.ufs_bytes += len(data)
+        return data
