@@ -9,6 +9,7 @@ from pathlib import Path
 
 from unionstore import __version__
 from unionstore.config import Config, ConfigError, load, with_embedded_default
+from unionstore.errors import UnionstoreError
 
 
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,6 +28,58 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--secret-key", help="secret key of the admin credential")
     p.add_argument("--cache-dir", type=Path, help="folder for caches and gateway state")
     p.add_argument("--region", help="region reported to clients (default us-east-1)")
+    p.add_argument("--cache-size", help="block cache capacity, e.g. 50GiB (default 10GiB)")
+    p.add_argument("--block-size", help="block size, e.g. 4MiB (default) or 128KiB")
+    p.add_argument("--metadata-ttl", help="metadata cache TTL, e.g. 60s (default); 0 = off")
+    p.add_argument("--no-cache", action="store_true", help="serve straight from the UFS")
+
+
+def _cache_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("cache", help="control a running gateway's caches (admin API)")
+    p.add_argument("--endpoint", default=None, help="gateway URL (UNIONSTORE_ENDPOINT)")
+    p.add_argument("--access-key", help="admin access key (AWS_ACCESS_KEY_ID)")
+    p.add_argument("--secret-key", help="admin secret key (AWS_SECRET_ACCESS_KEY)")
+    actions = p.add_subparsers(dest="action", required=True)
+    inv = actions.add_parser("invalidate", help="drop cached metadata under s3://BUCKET/PREFIX")
+    inv.add_argument("target", metavar="s3://BUCKET[/PREFIX]")
+    inv.add_argument("--data", action="store_true", help="drop cached blocks too")
+    warm = actions.add_parser("warm", help="fill the block cache with one object")
+    warm.add_argument("target", metavar="s3://BUCKET/KEY")
+    actions.add_parser("stats", help="print cache statistics")
+
+
+def split_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` -> (bucket, "some/prefix")."""
+    if not url.startswith("s3://") or len(url) <= 5:
+        raise ConfigError(f"expected s3://BUCKET[/KEY], not {url!r}")
+    bucket, _, key = url[5:].partition("/")
+    return bucket, key
+
+
+def cache_command(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+    import os
+
+    from unionstore.admin_client import AdminClient
+
+    endpoint = args.endpoint or os.environ.get("UNIONSTORE_ENDPOINT", "http://127.0.0.1:9900")
+    access = args.access_key or os.environ.get("AWS_ACCESS_KEY_ID")
+    secret = args.secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if not access or not secret:
+        raise ConfigError("admin credentials: --access-key/--secret-key or AWS_ACCESS_KEY_ID/...")
+
+    async def run() -> dict[str, object]:
+        async with AdminClient(endpoint, access, secret) as client:
+            if args.action == "stats":
+                return await client.stats()
+            bucket, key = split_s3_url(args.target)
+            if args.action == "invalidate":
+                return await client.invalidate(bucket, key, data=args.data)
+            return await client.warm(bucket, key)
+
+    print(json.dumps(asyncio.run(run()), indent=1))
+    return 0
 
 
 def _print_banner(cfg: Config, generated: bool) -> None:
@@ -58,6 +111,10 @@ def serve(args: argparse.Namespace) -> int:
         "secret_key": args.secret_key,
         "cache_dir": str(args.cache_dir) if args.cache_dir else None,
         "region": args.region,
+        "cache_capacity": args.cache_size,
+        "cache_block_size": args.block_size,
+        "cache_metadata_ttl": args.metadata_ttl,
+        "cache_enabled": False if args.no_cache else None,
     }
     cfg = load(args.config, flags=flags)
     cfg, generated = with_embedded_default(cfg, Path.cwd())
@@ -74,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command")
     _serve_parser(sub)
+    _cache_parser(sub)
     return parser
 
 
@@ -89,9 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return serve(args)
+        if args.command == "cache":
+            return cache_command(args)
     except ConfigError as exc:
         print(f"unionstore: {exc.message}", file=sys.stderr)
         return 2
+    except UnionstoreError as exc:
+        print(f"unionstore: {exc.message}", file=sys.stderr)
+        return 1
     parser.print_help()
     return 2
 

@@ -204,7 +204,11 @@ class BlockCache:
                     fut.set_result(None)
                     return
                 claimed = await self.coordinator.claim(key)
-                if not claimed and await self.coordinator.wait(key, 60.0):
+                if (not claimed and await self.coordinator.wait(key, 60.0)) or (
+                    claimed and await asyncio.to_thread(self.store.contains, key)
+                ):  # another process filled it (while we waited, or just before our claim)
+                    if claimed:
+                        await self.coordinator.done(key)
                     state.present[i] = 1
                     fut.set_result(None)
                     return
@@ -250,14 +254,17 @@ class BlockCache:
             if state.present[i]:
                 state.present[i] = 0  # evicted since we saw it
                 stats.evictions += 1
-        stats.misses += 1
         fut = self._ensure(fv, state, i, fetch, demand=True)
         data = None
         if fut is not None:
             with contextlib.suppress(Exception):
                 data = await asyncio.shield(fut)
-                if data is None:
+                if data is None:  # the fill found it on disk (a restart, another worker)
                     data = await asyncio.to_thread(self.store.get, key)
+                    if data is not None and len(data) == want:
+                        stats.hits += 1
+                        return data
+        stats.misses += 1
         if data is None or len(data) != want:
             stats.fallbacks += 1
             data = await fetch(i * self.block_size, want)

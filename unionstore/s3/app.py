@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl, unquote
@@ -27,8 +28,8 @@ from unionstore.errors import (
     UnionstoreError,
 )
 from unionstore.gateway import Gateway
+from unionstore.s3 import admin, xml
 from unionstore.s3 import operations as ops
-from unionstore.s3 import xml
 from unionstore.s3.auth import SignedRequest, authenticate
 from unionstore.s3.operations import S3Call
 
@@ -37,6 +38,7 @@ log = logging.getLogger("unionstore.s3")
 Operation = Callable[[Gateway, S3Call], Awaitable[Response]]
 MAX_HEADER_BYTES = 16 * 1024
 HEALTH_PATH = "/_unionstore/health"
+METRICS_PATH = "/metrics"
 
 
 def _route(method: str, bucket: str | None, key: str | None) -> Operation:
@@ -90,10 +92,12 @@ class S3App:
             return
         if scope["type"] != "http":
             return
+        started = time.monotonic()
         request_id = secrets.token_hex(8).upper()
         head = scope["method"] == "HEAD"
+        op = "unknown"
         try:
-            response = await self._handle(scope, request_id)
+            op, response = await self._handle(scope, request_id)
         except UnionstoreError as err:
             response = render_error(err, request_id, head=head, path=scope.get("path", ""))
         except Exception:
@@ -101,13 +105,22 @@ class S3App:
             response = render_error(UnionstoreError(), request_id, head=head)
         response.headers["x-amz-request-id"] = request_id
         response.headers["x-amz-id-2"] = request_id
-        await response(scope, receive, send)
+        try:
+            await response(scope, receive, send)
+        finally:
+            self.gateway.metrics.requests.observe(
+                op, response.status_code, time.monotonic() - started
+            )
 
-    async def _handle(self, scope: Scope, request_id: str) -> Response:
+    async def _handle(self, scope: Scope, request_id: str) -> tuple[str, Response]:
+        """(operation name, response) for one request."""
         raw_path_b: bytes = scope.get("raw_path") or scope["path"].encode()
         raw_path = raw_path_b.decode("latin-1").partition("?")[0]
         if raw_path == HEALTH_PATH:
-            return PlainTextResponse("ok\n")
+            return "health", PlainTextResponse("ok\n")
+        if raw_path == METRICS_PATH:
+            body = self.gateway.metrics.render()
+            return "metrics", Response(body, media_type="text/plain; version=0.0.4")
         headers = Headers(scope=scope)
         if sum(len(k) + len(v) for k, v in scope["headers"]) > MAX_HEADER_BYTES:
             raise RequestHeaderTooLarge()
@@ -125,9 +138,12 @@ class S3App:
         )
         result = authenticate(signed, self.gateway.secret_for)
         principal = self.gateway.principal(result.access_key)
+        if raw_path.startswith(admin.PREFIX):
+            response = await admin.handle(self.gateway, scope["method"], raw_path, query, principal)
+            return "admin", response
         operation = _route(scope["method"], bucket, key)
         call = S3Call(scope["method"], bucket, key, query, headers, principal)
-        return await operation(self.gateway, call)
+        return operation.__name__.strip("_"), await operation(self.gateway, call)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -166,7 +166,8 @@ async def get_object(gw: Gateway, call: S3Call, *, head: bool = False) -> Respon
     if call.query.get("partNumber", "1") != "1":
         raise InvalidRange(0, "The requested partnumber is not satisfiable")
     gw.authorize(call.principal, call.bucket, call.key, "read")
-    obj = await gw.stat_object(call.bucket, call.key)
+    fresh = "no-cache" in call.headers.get("cache-control", "")
+    obj = await gw.stat_object(call.bucket, call.key, fresh=fresh)
     check_preconditions(call.headers, obj.etag, obj.status.mtime_ns)
     headers = _object_headers(obj, call.query)
     size = obj.size

@@ -1,0 +1,305 @@
+"""The caches in-process, over the real local driver and a real diskcache store.
+
+Fetchers are plain callables that read the real file and record what they were asked for; a
+fault-injecting fetcher wraps that real read (failures no real disk produces on demand)."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from unionstore.cache.blocks import BlockCache, FileVersion
+from unionstore.cache.coordinator import EmbeddedCoordinator
+from unionstore.cache.metadata import MetadataCachingUfs, TtlCache
+from unionstore.cache.store import BlockStore
+from unionstore.errors import NotFound, ServiceUnavailable
+from unionstore.ufs.base import FileStatus, UnderFileSystem
+from unionstore.ufs.local import LocalUfs
+
+BS = 64 * 1024
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# ---- metadata cache ----------------------------------------------------------------------------
+def test_ttl_cache_fresh_stale_expired_and_lru() -> None:
+    clock = FakeClock()
+    cache: TtlCache[str, int] = TtlCache(ttl=10, max_entries=2, stale_if_error=100, clock=clock)
+    cache.put("a", 1)
+    assert cache.get("a") == (1, True)
+    clock.now += 11
+    assert cache.get("a") == (1, False)  # stale, still there for stale-if-error
+    clock.now += 100
+    assert cache.get("a") is None
+    cache.put("a", 1)
+    cache.put("b", 2)
+    cache.get("a")  # a is now the most recently used
+    cache.put("c", 3)
+    assert cache.get("b") is None and cache.get("a") is not None
+    assert cache.evictions == 1
+
+
+class FlakyUfs(UnderFileSystem):
+    """Wraps the real local driver; counts stats and can be switched 'unreachable'."""
+
+    scheme = "flaky"
+
+    def __init__(self, inner: UnderFileSystem) -> None:
+        super().__init__(inner.uri)
+        self.inner = inner
+        self.stats = 0
+        self.down = False
+
+    async def stat(self, path: str) -> FileStatus:
+        self.stats += 1
+        if self.down:
+            raise ServiceUnavailable("namenode down")
+        return await self.inner.stat(path)
+
+    def list_dir(self, path: str) -> AsyncIterator[FileStatus]:
+        return self.inner.list_dir(path)
+
+    def read_range(self, path: str, offset: int, length: int) -> AsyncIterator[bytes]:
+        return self.inner.read_range(path, offset, length)
+
+
+async def test_metadata_cache_ttl_negative_invalidate_and_stale_if_error(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"12345")
+    clock = FakeClock()
+    flaky = FlakyUfs(LocalUfs(tmp_path.as_uri(), {}))
+    ufs = MetadataCachingUfs(flaky, TtlCache(ttl=60, stale_if_error=600, clock=clock))
+    assert (await ufs.stat("f")).size == 5
+    assert (await ufs.stat("f")).size == 5
+    assert flaky.stats == 1  # second stat from the cache
+    for _ in range(2):
+        with pytest.raises(NotFound):
+            await ufs.stat("missing")
+    assert flaky.stats == 2  # negative lookups are cached too
+    (tmp_path / "f").write_bytes(b"1234567")
+    assert (await ufs.stat("f")).size == 5  # within the TTL
+    ufs.invalidate("f")
+    assert (await ufs.stat("f")).size == 7
+    clock.now += 61
+    flaky.down = True
+    assert (await ufs.stat("f")).size == 7  # expired, but the UFS is down: stale-if-error
+    assert ufs.cache.stale_serves == 1
+    with pytest.raises(ServiceUnavailable):
+        await ufs.stat("never-seen")  # nothing cached: fail fast with 503
+    clock.now += 601
+    with pytest.raises(ServiceUnavailable):
+        await ufs.stat("f")  # past the stale bound
+
+
+async def test_writes_through_the_wrapper_invalidate(tmp_path: Path) -> None:
+    ufs = MetadataCachingUfs(LocalUfs(tmp_path.as_uri(), {}), TtlCache(ttl=3600))
+    with pytest.raises(NotFound):
+        await ufs.stat("new")
+    writer = await ufs.open_writer("new")
+    await writer.write(b"abc")
+    await writer.close()
+    assert (await ufs.stat("new")).size == 3  # read-your-writes despite the negative entry
+    await ufs.delete("new")
+    with pytest.raises(NotFound):
+        await ufs.stat("new")
+
+
+# ---- block cache -------------------------------------------------------------------------------
+class Source:
+    """The real file as a fetcher, recording every fetch; optional failure injection."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.calls: list[tuple[int, int]] = []
+        self.fail_at: dict[int, int] = {}  # offset -> how many more fetches of it fail
+        self.gates: dict[int, asyncio.Event] = {}
+
+    async def __call__(self, offset: int, length: int) -> bytes:
+        self.calls.append((offset, length))
+        gate = self.gates.get(offset)
+        if gate is not None:
+            await gate.wait()
+        await asyncio.sleep(0)
+        if self.fail_at.get(offset, 0) > 0:
+            self.fail_at[offset] -= 1
+            raise OSError("injected datanode failure")
+        with open(self.path, "rb") as fh:
+            fh.seek(offset)
+            return fh.read(length)
+
+    @property
+    def fetched(self) -> int:
+        return sum(n for _, n in self.calls)
+
+
+def make_file(tmp_path: Path, size: int, seed: int = 1) -> tuple[Path, bytes]:
+    data = os.urandom(size) if seed else bytes(size)
+    path = tmp_path / f"src-{size}-{seed}"
+    path.write_bytes(data)
+    return path, data
+
+
+def version(path: Path, data: bytes, tag: str = "v1") -> FileVersion:
+    return FileVersion(str(path), f"{len(data)}:{tag}", len(data), "test/")
+
+
+def block_cache(tmp_path: Path, **kw: int) -> BlockCache:
+    store = BlockStore(tmp_path / "blocks", 1 << 30)
+    return BlockCache(store, EmbeddedCoordinator(store), block_size=BS, **kw)
+
+
+async def read_all(
+    bc: BlockCache, fv: FileVersion, src: Source, off: int, n: int, whole: bool = False
+) -> bytes:
+    return b"".join([c async for c in bc.read(fv, src, off, n, whole=whole)])
+
+
+async def test_concurrent_cold_readers_fetch_each_block_once(tmp_path: Path) -> None:
+    path, data = make_file(tmp_path, 20 * BS + 123)
+    src, bc = Source(path), block_cache(tmp_path)
+    fv = version(path, data)
+    results = await asyncio.gather(
+        *(read_all(bc, fv, src, 0, len(data), whole=True) for _ in range(16))
+    )
+    assert all(r == data for r in results)
+    assert src.fetched == len(data)  # 16 readers, one copy from the origin
+    assert len(src.calls) == 21
+    stats = bc.stats_for("test/")
+    assert stats.served_bytes == 16 * len(data)
+    assert bc.active == 0 and bc.queued == 0 and not bc._inflight
+
+
+async def test_second_read_and_restart_hit_the_disk(tmp_path: Path) -> None:
+    path, data = make_file(tmp_path, 5 * BS)
+    src = Source(path)
+    fv = version(path, data)
+    assert await read_all(block_cache(tmp_path), fv, src, 0, len(data), True) == data
+    src.calls.clear()
+    restarted = block_cache(tmp_path)  # a new process over the same folder
+    assert await read_all(restarted, fv, src, 0, len(data), True) == data
+    assert src.calls == []
+    assert restarted.stats_for("test/").hits == 5
+
+
+async def test_small_ranged_read_fetches_one_block(tmp_path: Path) -> None:
+    path, data = make_file(tmp_path, 64 * BS)
+    src, bc = Source(path), block_cache(tmp_path)
+    fv = version(path, data)
+    off = 37 * BS + 1000
+    assert await read_all(bc, fv, src, off, 4096) == data[off : off + 4096]
+    assert src.calls == [(37 * BS, BS)]
+    assert bc.stats_for("test/").read_amplification == BS / 4096
+
+
+async def test_sequential_ranged_reads_read_ahead_with_amplification_near_one(
+    tmp_path: Path,
+) -> None:
+    path, data = make_file(tmp_path, 64 * BS)
+    src, bc = Source(path), block_cache(tmp_path, readahead_blocks=4)
+    fv = version(path, data)
+    chunk = BS // 2
+    for off in range(0, len(data), chunk):
+        assert await read_all(bc, fv, src, off, chunk) == data[off : off + chunk]
+    await asyncio.gather(*(t for s in bc._files.values() for t in list(s.tasks)))
+    assert src.fetched == len(data)
+    assert bc.stats_for("test/").read_amplification == 1.0
+
+
+async def test_first_block_is_served_before_the_rest_lands(tmp_path: Path) -> None:
+    path, data = make_file(tmp_path, 8 * BS)
+    src, bc = Source(path), block_cache(tmp_path)
+    gate = asyncio.Event()
+    src.gates[7 * BS] = gate  # the last block's fetch hangs until we open the gate
+    stream = bc.read(version(path, data), src, 0, len(data), whole=True)
+    first = await asyncio.wait_for(anext(stream), timeout=30)
+    assert first == data[:BS]
+    assert not gate.is_set()
+    gate.set()
+    rest = b"".join([c async for c in stream])
+    assert first + rest == data
+
+
+async def test_failed_fill_falls_back_and_clears_in_flight(tmp_path: Path) -> None:
+    path, data = make_file(tmp_path, 4 * BS)
+    src, bc = Source(path), block_cache(tmp_path)
+    src.fail_at = {2 * BS: 1}
+    gate = src.gates[2 * BS] = asyncio.Event()
+    stream = bc.read(version(path, data), src, 0, len(data), whole=True)
+    got = [await anext(stream), await anext(stream)]
+    waiting = asyncio.ensure_future(anext(stream))  # the reader now waits on block 2's fill
+    for _ in range(20):
+        await asyncio.sleep(0)
+    gate.set()  # ... which then fails
+    got.append(await waiting)
+    got += [c async for c in stream]
+    assert b"".join(got) == data
+    stats = bc.stats_for("test/")
+    assert stats.fill_failures == 1 and stats.fallbacks == 1
+    assert not bc._inflight and bc.active == 0 and bc.queued == 0
+
+
+async def test_a_changed_file_is_never_served_old_blocks(tmp_path: Path) -> None:
+    path, old = make_file(tmp_path, 3 * BS, seed=1)
+    src, bc = Source(path), block_cache(tmp_path)
+    assert await read_all(bc, version(path, old, "v1"), src, 0, len(old), True) == old
+    new = os.urandom(3 * BS)
+    path.write_bytes(new)
+    assert await read_all(bc, version(path, new, "v2"), src, 0, len(new), True) == new
+
+
+async def test_queue_full_sheds_read_ahead_but_serves_demand(tmp_path: Path) -> None:
+    path, data = make_file(tmp_path, 16 * BS)
+    src, bc = Source(path), block_cache(tmp_path, max_queued=2)
+    assert await read_all(bc, version(path, data), src, 0, len(data), True) == data
+    assert bc.stats_for("test/").shed > 0
+    assert src.fetched == len(data)
+
+
+def _reader_process(cache_dir: str, src_path: str, log_path: str, size: int) -> None:
+    async def main() -> None:
+        store = BlockStore(Path(cache_dir), 1 << 30)
+        bc = BlockCache(store, EmbeddedCoordinator(store), block_size=BS)
+        fv = FileVersion(src_path, f"{size}:mp", size, "mp/")
+
+        async def fetch(offset: int, length: int) -> bytes:
+            with open(log_path, "a") as log:
+                log.write(f"{offset}\n")
+            await asyncio.sleep(0.01)  # a slow origin, so the processes overlap
+            with open(src_path, "rb") as fh:
+                fh.seek(offset)
+                return fh.read(length)
+
+        got = b"".join([c async for c in bc.read(fv, fetch, 0, size, whole=True)])
+        with open(src_path, "rb") as fh:
+            assert got == fh.read()
+
+    asyncio.run(main())
+
+
+def test_worker_processes_share_fills(tmp_path: Path) -> None:
+    path, data = make_file(tmp_path, 32 * BS)
+    log = tmp_path / "fetch.log"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(
+            target=_reader_process, args=(str(tmp_path / "blocks"), str(path), str(log), len(data))
+        )
+        for _ in range(3)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    offsets = log.read_text().split()
+    assert sorted(map(int, offsets)) == [i * BS for i in range(32)]  # each block once
