@@ -35,17 +35,20 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _cache_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--endpoint", default=None, help="gateway URL (UNIONSTORE_ENDPOINT)")
+    common.add_argument("--access-key", help="admin access key (AWS_ACCESS_KEY_ID)")
+    common.add_argument("--secret-key", help="admin secret key (AWS_SECRET_ACCESS_KEY)")
     p = sub.add_parser("cache", help="control a running gateway's caches (admin API)")
-    p.add_argument("--endpoint", default=None, help="gateway URL (UNIONSTORE_ENDPOINT)")
-    p.add_argument("--access-key", help="admin access key (AWS_ACCESS_KEY_ID)")
-    p.add_argument("--secret-key", help="admin secret key (AWS_SECRET_ACCESS_KEY)")
     actions = p.add_subparsers(dest="action", required=True)
-    inv = actions.add_parser("invalidate", help="drop cached metadata under s3://BUCKET/PREFIX")
+    inv = actions.add_parser(
+        "invalidate", parents=[common], help="drop cached metadata under s3://BUCKET/PREFIX"
+    )
     inv.add_argument("target", metavar="s3://BUCKET[/PREFIX]")
     inv.add_argument("--data", action="store_true", help="drop cached blocks too")
-    warm = actions.add_parser("warm", help="fill the block cache with one object")
+    warm = actions.add_parser("warm", parents=[common], help="fill the block cache with one object")
     warm.add_argument("target", metavar="s3://BUCKET/KEY")
-    actions.add_parser("stats", help="print cache statistics")
+    actions.add_parser("stats", parents=[common], help="print cache statistics")
 
 
 def split_s3_url(url: str) -> tuple[str, str]:

@@ -204,10 +204,11 @@ class Gateway:
         """The object at ``key``; ``fresh`` bypasses the metadata cache for this one stat."""
         target = await self.mounts.resolve(bucket, key)
         ufs = target.mount.ufs
-        if fresh and isinstance(ufs, MetadataCachingUfs):
-            ufs.invalidate(target.path, recursive=False)
         try:
-            status = await ufs.stat(target.path)
+            if isinstance(ufs, MetadataCachingUfs):
+                status = await ufs.stat(target.path, fresh=fresh)
+            else:
+                status = await ufs.stat(target.path)
         except NotFound:
             raise NoSuchKey(resource=f"/{bucket}/{key}") from None
         if status.is_dir or target.is_dir_key:
