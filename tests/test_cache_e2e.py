@@ -289,3 +289,25 @@ def test_namenode_down_cached_data_still_served(
     finally:
         hdfs.start_namenode()
     assert s3.get_object(Bucket="cached", Key="resilient.bin")["Body"].read() == data
+
+
+def test_worker_processes_share_fills_over_hdfs(
+    hdfs: HdfsCluster, hroot: str, tmp_path: Path
+) -> None:
+    data = os.urandom(24 * MiB)
+    write_hdfs(hdfs, f"{hroot}/shared.bin", data)
+    config = {**cache_config(hdfs.url + hroot, tmp_path), "workers": 2}
+    with GatewayProcess(config, workdir=tmp_path) as gw:
+        before = hdfs.datanode_bytes_read()
+
+        def read(_: int) -> bytes:
+            return gw.client().get_object(Bucket="cached", Key="shared.bin")["Body"].read()
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            assert all(r == data for r in pool.map(read, range(8)))
+        delta = poll_until(
+            lambda: (d := hdfs.datanode_bytes_read() - before) >= len(data) and d,
+            timeout=30,
+            what="DataNode BytesRead to move",
+        )
+        assert delta <= 1.05 * len(data)  # two workers, eight readers, one copy

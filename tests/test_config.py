@@ -83,3 +83,16 @@ def test_embedded_default_serves_data_with_a_kept_key(tmp_path: Path) -> None:
     assert cfg1.bucket_root == (tmp_path / "data").resolve().as_uri()
     cfg2, _ = with_embedded_default(cfg, tmp_path)
     assert cfg2.keys[0].secret_key == cfg1.keys[0].secret_key  # the same key next time
+
+
+def test_resolved_config_round_trips_for_workers(tmp_path: Path) -> None:
+    from unionstore.config import from_json, to_json
+
+    path = write(
+        tmp_path,
+        '[[mounts]]\nbucket = "models"\nuri = "file:///m"\noptions = { user = "u" }\n'
+        'metadata_ttl = "5s"\n[[keys]]\naccess_key = "A"\nsecret_key = "S"\n'
+        '[cache]\nblock_size = "128KiB"\n[buckets.models]\nanonymous = "read"\n',
+    )
+    cfg = load(path, env={}, flags={"workers": 3})
+    assert from_json(to_json(cfg)) == cfg

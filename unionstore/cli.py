@@ -32,6 +32,7 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--block-size", help="block size, e.g. 4MiB (default) or 128KiB")
     p.add_argument("--metadata-ttl", help="metadata cache TTL, e.g. 60s (default); 0 = off")
     p.add_argument("--no-cache", action="store_true", help="serve straight from the UFS")
+    p.add_argument("--workers", type=int, help="worker processes sharing the port (default 1)")
 
 
 def _cache_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -118,6 +119,7 @@ def serve(args: argparse.Namespace) -> int:
         "cache_block_size": args.block_size,
         "cache_metadata_ttl": args.metadata_ttl,
         "cache_enabled": False if args.no_cache else None,
+        "workers": args.workers,
     }
     cfg = load(args.config, flags=flags)
     cfg, generated = with_embedded_default(cfg, Path.cwd())

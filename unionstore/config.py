@@ -31,12 +31,13 @@ Example (see docs/configuration.md for every key)::
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -164,6 +165,29 @@ class Config:
         if not host or not port.isdigit():
             raise ConfigError(f"listen must be HOST:PORT, not {self.listen!r}")
         return host.strip("[]"), int(port)
+
+
+def to_json(cfg: Config) -> str:
+    """The resolved configuration, for worker processes (they re-load nothing)."""
+    raw = asdict(cfg)
+    raw["cache_dir"] = str(cfg.cache_dir)
+    return json.dumps(raw)
+
+
+def from_json(text: str) -> Config:
+    raw = json.loads(text)
+    return Config(
+        listen=raw["listen"],
+        region=raw["region"],
+        cache_dir=Path(raw["cache_dir"]),
+        bucket_root=raw["bucket_root"],
+        bucket_root_options=raw["bucket_root_options"],
+        mounts=tuple(MountConfig(**m) for m in raw["mounts"]),
+        keys=tuple(KeyConfig(**k) for k in raw["keys"]),
+        buckets={name: BucketPolicy(**p) for name, p in raw["buckets"].items()},
+        workers=raw["workers"],
+        cache=CacheConfig(**raw["cache"]),
+    )
 
 
 def default_cache_dir() -> Path:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 
+from unionstore import config as config_module
 from unionstore.config import Config
 from unionstore.gateway import Gateway
 from unionstore.s3.app import S3App
@@ -35,7 +37,27 @@ async def run(cfg: Config) -> None:
     await serve(S3App(gateway), hypercorn_config(cfg), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
 
 
+CONFIG_ENV = "UNIONSTORE_RESOLVED_CONFIG"
+
+
+def app_from_env() -> S3App:
+    """The ASGI app of one worker process (hypercorn imports this in each worker)."""
+    return S3App(Gateway.from_config(config_module.from_json(os.environ[CONFIG_ENV])))
+
+
 def main(cfg: Config) -> None:
+    """Serve until SIGINT/SIGTERM. With ``workers`` > 1, hypercorn runs that many worker
+    processes on one socket; they share the on-disk block cache and its fill leases."""
+    if cfg.workers > 1:
+        from hypercorn.run import run as run_workers
+
+        os.environ[CONFIG_ENV] = config_module.to_json(cfg)
+        hc = hypercorn_config(cfg)
+        hc.workers = cfg.workers
+        hc.worker_class = "uvloop"
+        hc.application_path = "unionstore.server:app_from_env()"
+        run_workers(hc)
+        return
     import uvloop
 
     uvloop.run(run(cfg))
