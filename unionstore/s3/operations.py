@@ -8,15 +8,16 @@ are raised as ``unionstore.errors`` and rendered by the boundary in ``unionstore
 from __future__ import annotations
 
 import mimetypes
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from unionstore.errors import AccessDenied, InvalidArgument, InvalidRange, NotImplementedOp
 from unionstore.gateway import Gateway, ObjectInfo, Principal
 from unionstore.s3 import xml
 from unionstore.s3.http import check_preconditions, http_date, parse_range
+from unionstore.s3.streaming import ObjectStream
 
 XML = "application/xml"
 MAX_KEYS_LIMIT = 1000
@@ -182,15 +183,4 @@ async def get_object(gw: Gateway, call: S3Call, *, head: bool = False) -> Respon
     headers["Content-Length"] = str(length)
     if head or length == 0:
         return Response(status_code=status, headers=headers)
-    return StreamingResponse(_guarded(gw.read_object(obj, first, length)), status, headers)
-
-
-async def _guarded(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Stream chunks; make sure the UFS stream is closed if the client goes away."""
-    try:
-        async for chunk in chunks:
-            yield chunk
-    finally:
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
+    return ObjectStream(gw.read_object(obj, first, length), status, headers)
