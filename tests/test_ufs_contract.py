@@ -8,6 +8,7 @@ whose backend cannot be reached, to show that bad keys are refused before any I/
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -69,6 +70,17 @@ async def names(ufs: UnderFileSystem, path: str) -> list[str]:
 async def drain(it: AsyncIterator[Any]) -> None:
     async for _ in it:
         pass
+
+
+_raw_clients: dict[str, hdfs_native.AsyncClient] = {}
+
+
+def raw_hdfs(url: str) -> hdfs_native.AsyncClient:
+    """One hdfs-native client per cluster, kept for the whole session: dropping a used client
+    can deadlock the process (see unionstore/ufs/hdfs.py)."""
+    if url not in _raw_clients:
+        _raw_clients[url] = hdfs_native.AsyncClient(url)
+    return _raw_clients[url]
 
 
 def pattern(size: int, seed: int = 0) -> bytes:
@@ -165,6 +177,20 @@ class UfsContract:
             (500, 0, b""),
         ]:
             assert await read(ufs, "r", offset, length) == want, (offset, length)
+
+    async def test_read_block(self, ufs: UnderFileSystem) -> None:
+        data = pattern(3 * MiB + 11, seed=3)
+        await put(ufs, "blk", data)
+        for offset, length in [(0, MiB), (MiB, MiB), (3 * MiB, MiB), (0, 0), (len(data), 5)]:
+            got = await ufs.read_block("blk", offset, length)
+            assert got == data[offset : offset + length], (offset, length)
+        assert await ufs.read_block("blk", 10 * MiB, 5) == b""
+        await ufs.mkdir("dir")
+        for bad in ("missing", "dir"):
+            with pytest.raises(NotFound):
+                await ufs.read_block(bad, 0, 10)
+        with pytest.raises(InvalidArgument):
+            await ufs.read_block("blk", -1, 10)
 
     async def test_read_range_5mib_whole_in_bounded_chunks(self, ufs: UnderFileSystem) -> None:
         data = pattern(5 * MiB + 17, seed=5)
@@ -312,6 +338,7 @@ class UfsContract:
             lambda: ufs.stat(bad),
             lambda: drain(ufs.list_dir(bad)),
             lambda: drain(ufs.read_range(bad, 0, 10)),
+            lambda: ufs.read_block(bad, 0, 10),
             lambda: ufs.open_writer(bad),
             lambda: ufs.mkdir(bad),
             lambda: ufs.delete(bad, recursive=True),
@@ -372,13 +399,13 @@ class TestHdfsUfs(UfsContract):
     async def ufs(self, hdfs: Any) -> AsyncIterator[UnderFileSystem]:
         self.hdfs = hdfs
         self.root = f"/ufs-contract/{uuid.uuid4().hex}"
-        await hdfs_native.AsyncClient(hdfs.url).mkdirs(self.root, 0o755, True)
+        await raw_hdfs(hdfs.url).mkdirs(self.root, 0o755, True)
         ufs = open_ufs(f"{hdfs.url}{self.root}")
         yield ufs
         await ufs.close()
 
     async def raw_names(self, ufs: UnderFileSystem, path: str) -> list[str]:
-        client = hdfs_native.AsyncClient(self.hdfs.url)
+        client = raw_hdfs(self.hdfs.url)
         full = f"{self.root}/{path}" if path else self.root
         return sorted([st.path.rsplit("/", 1)[1] async for st in client.list_status(full)])
 
@@ -387,7 +414,7 @@ class TestHdfsUfs(UfsContract):
 
     async def make_many(self, ufs: UnderFileSystem, folder: str, count: int) -> None:
         # Plain creates (no temp + rename) keep this at a few seconds.
-        client = hdfs_native.AsyncClient(self.hdfs.url)
+        client = raw_hdfs(self.hdfs.url)
         await client.mkdirs(f"{self.root}/{folder}", 0o755, True)
         for i in reversed(range(count)):
             w = await client.create(f"{self.root}/{folder}/f{i:05d}")
@@ -395,9 +422,9 @@ class TestHdfsUfs(UfsContract):
 
     async def test_user_option_sets_owner(self, hdfs: Any) -> None:
         shared = f"/ufs-contract/shared-{uuid.uuid4().hex}"
-        admin = hdfs_native.AsyncClient(hdfs.url)
+        admin = raw_hdfs(hdfs.url)
         await admin.mkdirs(shared, 0o777, True)
-        await admin.set_permission(shared, 0o777)
+        await admin.set_permission(shared, 0o1777)  # sticky: only an owner deletes
         alice = open_ufs(f"{hdfs.url}{shared}", {"user": "alice"})
         bob = open_ufs(f"{hdfs.url}{shared}", {"user": "bob"})
         default = open_ufs(f"{hdfs.url}{shared}")
@@ -419,14 +446,40 @@ class TestHdfsUfs(UfsContract):
         for u in (alice, bob, default):
             await u.close()
 
+    @pytest.mark.slow
+    async def test_user_survives_namenode_restart(self, hdfs: Any) -> None:
+        """hdfs-native reconnects on its own after the NameNode restarts, as whoever
+        HADOOP_USER_NAME names at that moment (here: nobody, so the OS user, a superuser).
+        Files the driver creates afterwards must still belong to its user."""
+        shared = f"/ufs-contract/restart-{uuid.uuid4().hex}"
+        admin = raw_hdfs(hdfs.url)
+        await admin.mkdirs(shared, 0o777, True)
+        await admin.set_permission(shared, 0o777)
+        carol = open_ufs(f"{hdfs.url}{shared}", {"user": "carol"})
+        await put(carol, "before", b"1")
+        hdfs.stop_namenode()
+        try:
+            with pytest.raises(UnionstoreError) as info:  # the NameNode is down: 503
+                await carol.stat("before")
+            assert info.value.status == 503
+        finally:
+            hdfs.start_namenode()
+        await put(carol, "after-error", b"2")
+        hdfs.stop_namenode()  # and once more, with no call while it is down
+        hdfs.start_namenode()
+        await put(carol, "after-silent", b"3")
+        for name in ("before", "after-error", "after-silent"):
+            assert (await admin.get_file_info(f"{shared}/{name}")).owner == "carol", name
+
     async def test_hdfs_order_is_fixed_up(self, ufs: UnderFileSystem) -> None:
         """HDFS lists in signed-byte order; the driver must give code-point order."""
         for n in ORDER_NAMES:
             await put(ufs, f"o/{n}", b"")
         raw = await self.raw_names(ufs, "o")
         assert [st.name for st in await listing(ufs, "o")] == sorted(raw)
-        client = hdfs_native.AsyncClient(self.hdfs.url)
-        hdfs_order = [st.path.rsplit("/", 1)[1] async for st in client.list_status(f"{self.root}/o")]
+        client = raw_hdfs(self.hdfs.url)
+        listed = client.list_status(f"{self.root}/o")
+        hdfs_order = [st.path.rsplit("/", 1)[1] async for st in listed]
         assert hdfs_order != sorted(hdfs_order)  # so the fix-up above was needed
 
 
@@ -436,10 +489,8 @@ class TestS3Ufs(UfsContract):
     @pytest.fixture
     async def ufs(self, moto_s3: Any) -> AsyncIterator[UnderFileSystem]:
         self.s3 = moto_s3.client()
-        try:
+        with contextlib.suppress(self.s3.exceptions.BucketAlreadyOwnedByYou):
             self.s3.create_bucket(Bucket=self.bucket)
-        except self.s3.exceptions.BucketAlreadyOwnedByYou:
-            pass
         self.prefix = f"t-{uuid.uuid4().hex}"
         ufs = open_ufs(f"s3://{self.bucket}/{self.prefix}", self.options(moto_s3))
         yield ufs
@@ -462,7 +513,8 @@ class TestS3Ufs(UfsContract):
         found: set[str] = set()
         for page in pages:
             found.update(o["Key"][len(prefix) :] for o in page.get("Contents", []))
-            found.update(p["Prefix"][len(prefix) :].rstrip("/") for p in page.get("CommonPrefixes", []))
+            common = page.get("CommonPrefixes", [])
+            found.update(p["Prefix"][len(prefix) :].rstrip("/") for p in common)
         found.discard("")  # the folder's own marker object
         return sorted(found)
 
