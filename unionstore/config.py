@@ -158,6 +158,8 @@ class Config:
     buckets: Mapping[str, BucketPolicy] = field(default_factory=dict)
     workers: int = 1
     cache: CacheConfig = field(default_factory=CacheConfig)
+    #: multipart uploads not completed or aborted within this many seconds are aborted
+    multipart_expiry: float = 7 * 86400.0
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -187,6 +189,7 @@ def from_json(text: str) -> Config:
         buckets={name: BucketPolicy(**p) for name, p in raw["buckets"].items()},
         workers=raw["workers"],
         cache=CacheConfig(**raw["cache"]),
+        multipart_expiry=raw["multipart_expiry"],
     )
 
 
@@ -267,6 +270,7 @@ def from_mapping(raw: Mapping[str, Any], base: Config | None = None) -> Config:
         "buckets",
         "workers",
         "cache",
+        "multipart_expiry",
     }
     unknown = set(raw) - known
     if unknown:
@@ -279,6 +283,8 @@ def from_mapping(raw: Mapping[str, Any], base: Config | None = None) -> Config:
         changes["cache_dir"] = Path(str(raw["cache_dir"])).expanduser()
     if "workers" in raw:
         changes["workers"] = int(raw["workers"])
+    if "multipart_expiry" in raw:
+        changes["multipart_expiry"] = parse_duration(raw["multipart_expiry"])
     if "bucket_root_options" in raw:
         changes["bucket_root_options"] = {
             str(k): str(v) for k, v in dict(raw["bucket_root_options"]).items()

@@ -29,8 +29,15 @@ one table per backend (``unionstore.ufs.*``), never ad hoc.
     │   ├── NoSuchBucket                 404
     │   └── NoSuchKey                    404
     ├── AccessDenied                     403  (UFS permission errors too)
+    ├── QuotaExceeded                    507  (UFS quota or space)
     └── ServiceUnavailable               503  (UFS unreachable)
         └── SlowDown                     503
+
+    write path: ClientError > Conflict (409: BucketAlreadyOwnedByYou, BucketNotEmpty),
+    InvalidPart, InvalidPartOrder, EntityTooSmall (400); NotFound > NoSuchUpload (404)
+
+    request bodies (unionstore.s3.bodies), all ClientError, 400: BadDigest, InvalidDigest,
+    XAmzContentSHA256Mismatch, IncompleteBody, EntityTooLarge, MalformedTrailerError
 """
 
 from __future__ import annotations
@@ -216,6 +223,97 @@ class ServiceUnavailable(UnionstoreError):
         return {"Retry-After": str(self.retry_after)}
 
 
+class QuotaExceeded(UnionstoreError):
+    """The UFS refused the write for lack of space or quota (HDFS quotas, a full disk)."""
+
+    code = "QuotaExceeded"
+    status = 507
+    default_message = "The storage behind this bucket has no room (quota or space) for the write."
+
+
 class SlowDown(ServiceUnavailable):
     code = "SlowDown"
     default_message = "Please reduce your request rate."
+
+
+# -- the write path -------------------------------------------------------------------------
+class Conflict(ClientError):
+    code = "OperationAborted"
+    status = 409
+    default_message = "A conflicting operation is in progress."
+
+
+class BucketAlreadyOwnedByYou(Conflict):
+    code = "BucketAlreadyOwnedByYou"
+    default_message = (
+        "Your previous request to create the named bucket succeeded and you already own it."
+    )
+
+
+class BucketNotEmpty(Conflict):
+    code = "BucketNotEmpty"
+    default_message = "The bucket you tried to delete is not empty."
+
+
+class NoSuchUpload(NotFound):
+    code = "NoSuchUpload"
+    default_message = (
+        "The specified multipart upload does not exist. The upload ID may be invalid, "
+        "or the upload may have been aborted or completed."
+    )
+
+
+class InvalidPart(ClientError):
+    code = "InvalidPart"
+    default_message = (
+        "One or more of the specified parts could not be found. The part may not have been "
+        "uploaded, or the specified entity tag may not match the part's entity tag."
+    )
+
+
+class InvalidPartOrder(ClientError):
+    code = "InvalidPartOrder"
+    default_message = (
+        "The list of parts was not in ascending order. Parts must be ordered by part number."
+    )
+
+
+class EntityTooSmall(ClientError):
+    code = "EntityTooSmall"
+    default_message = "Your proposed upload is smaller than the minimum allowed object size."
+
+
+# -- request bodies (unionstore.s3.bodies) -------------------------------------------------
+class BadDigest(ClientError):
+    code = "BadDigest"
+    default_message = "The Content-MD5 you specified did not match what we received."
+
+
+class InvalidDigest(ClientError):
+    code = "InvalidDigest"
+    default_message = "The Content-MD5 you specified is not valid."
+
+
+class XAmzContentSHA256Mismatch(ClientError):
+    code = "XAmzContentSHA256Mismatch"
+    default_message = "The provided 'x-amz-content-sha256' header does not match what was computed."
+
+
+class IncompleteBody(ClientError):
+    code = "IncompleteBody"
+    default_message = (
+        "You did not provide the number of bytes specified by the Content-Length HTTP header."
+    )
+
+
+class EntityTooLarge(ClientError):
+    code = "EntityTooLarge"
+    default_message = "Your proposed upload exceeds the maximum allowed size."
+
+
+class MalformedTrailerError(ClientError):
+    code = "MalformedTrailerError"
+    default_message = (
+        "The request contained trailing data that was not well-formed or did not conform to "
+        "our published schema."
+    )

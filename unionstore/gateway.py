@@ -8,6 +8,7 @@ each mount's UFS, block cache with its fetcher) -> UFS driver.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -18,11 +19,14 @@ from unionstore.cache.store import BlockStore
 from unionstore.config import Config, KeyConfig, Level
 from unionstore.errors import AccessDenied, InvalidAccessKeyId, NoSuchKey, NotFound
 from unionstore.metrics import Registry, Sample
+from unionstore.multipart import MultipartUploads
 from unionstore.namespace.etag import etag_of
 from unionstore.namespace.listing import Lister, Page
-from unionstore.namespace.mounts import Mount, MountTable, Target, check_bucket_name
+from unionstore.namespace.mounts import Mount, MountSource, MountTable, Target, check_bucket_name
+from unionstore.namespace.objmeta import ObjectMetaStore, StoredObject
 from unionstore.ufs import open_ufs
 from unionstore.ufs.base import FileStatus, UnderFileSystem
+from unionstore.writes import ObjectWrites, file_id, version_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +50,7 @@ class ObjectInfo:
     key: str
     status: FileStatus
     target: Target
+    stored: StoredObject | None = None  # headers and ETag kept by the gateway, if written here
 
     @property
     def size(self) -> int:
@@ -53,14 +58,13 @@ class ObjectInfo:
 
     @property
     def etag(self) -> str:
-        return etag_of(self.status)
+        return self.stored.etag if self.stored else etag_of(self.status)
 
     def version(self) -> FileVersion:
-        st, ufs = self.status, self.target.mount.ufs
         return FileVersion(
-            file_id=f"{ufs.uri.rstrip('/')}/{self.target.path}",
-            version=f"{st.size}:{st.mtime_ns}:{st.checksum or ''}",
-            size=st.size,
+            file_id=file_id(self.target.mount, self.target.path),
+            version=version_of(self.status),
+            size=self.status.size,
             mount=mount_label(self.target.mount),
         )
 
@@ -80,6 +84,12 @@ class Gateway:
         self.config = config
         self.mounts = mounts
         self.blocks = blocks
+        self.objmeta = ObjectMetaStore(config.cache_dir / "state" / "objects.sqlite")
+        self._stored: TtlCache[tuple[str, str], StoredObject | None] = TtlCache(
+            ttl=config.cache.metadata_ttl, max_entries=100_000, stale_if_error=0
+        )
+        self.writes = ObjectWrites(self, self.objmeta)
+        self.multipart = MultipartUploads(self, self.writes, self.objmeta)
         self.lister = Lister(page_ttl=config.cache.metadata_ttl if config.cache.enabled else 0)
         self.metrics = metrics or Registry()
         self.metrics.add_source(self._cache_samples)
@@ -100,7 +110,12 @@ class Gateway:
             return MetadataCachingUfs(ufs, cache)
 
         mounts = [
-            Mount(m.bucket, m.prefix, meta(open_ufs(m.uri, m.options), m.metadata_ttl))
+            Mount(
+                m.bucket,
+                m.prefix,
+                meta(open_ufs(m.uri, m.options), m.metadata_ttl),
+                MountSource(m.uri, m.options),
+            )
             for m in config.mounts
         ]
         root = (
@@ -119,10 +134,15 @@ class Gateway:
                 max_queued=cc.fill_queue,
                 readahead_blocks=cc.readahead_blocks,
             )
-        return cls(config, MountTable(mounts, root, wrap=meta), blocks)
+        root_source = None
+        if config.bucket_root:
+            root_source = MountSource(config.bucket_root, config.bucket_root_options)
+        return cls(config, MountTable(mounts, root, wrap=meta, root_source=root_source), blocks)
 
     async def close(self) -> None:
+        await self.writes.close()
         await self.mounts.close()
+        self.objmeta.close()
         if self.blocks is not None:
             self.blocks.store.close()
 
@@ -190,7 +210,7 @@ class Gateway:
     ) -> Page:
         check_bucket_name(bucket)
         mounts = await self.mounts.mounts_for(bucket)
-        return await self.lister.page(
+        page = await self.lister.page(
             bucket,
             mounts,
             prefix=prefix,
@@ -199,6 +219,8 @@ class Gateway:
             token=token,
             max_keys=max_keys,
         )
+        page.etags = await self.listed_etags(mounts, page)
+        return page
 
     async def stat_object(self, bucket: str, key: str, *, fresh: bool = False) -> ObjectInfo:
         """The object at ``key``; ``fresh`` bypasses the metadata cache for this one stat."""
@@ -213,7 +235,31 @@ class Gateway:
             raise NoSuchKey(resource=f"/{bucket}/{key}") from None
         if status.is_dir or target.is_dir_key:
             raise NoSuchKey(resource=f"/{bucket}/{key}")
-        return ObjectInfo(bucket, key, status, target)
+        return ObjectInfo(bucket, key, status, target, await self._stored_of(target, status))
+
+    async def _stored_of(self, target: Target, status: FileStatus) -> StoredObject | None:
+        slot = (file_id(target.mount, target.path), version_of(status))
+        hit = self._stored.get(slot)
+        if hit is not None and hit[1]:
+            return hit[0]
+        stored = await asyncio.to_thread(self.objmeta.get, *slot)
+        self._stored.put(slot, stored)
+        return stored
+
+    async def listed_etags(self, mounts: list[Mount], page: Page) -> dict[str, str]:
+        """ETags the gateway stored for objects of a listing page (written through it)."""
+        wanted: dict[str, str] = {}
+        ids: dict[str, str] = {}
+        for entry in page.contents:
+            assert entry.status is not None
+            mount = next(m for m in mounts if entry.key.startswith(m.prefix))
+            fid = file_id(mount, entry.key[len(mount.prefix) :])
+            wanted[fid] = version_of(entry.status)
+            ids[fid] = entry.key
+        if not wanted:
+            return {}
+        found = await asyncio.to_thread(self.objmeta.etags, wanted)
+        return {ids[fid]: tag for fid, tag in found.items()}
 
     def read_object(self, obj: ObjectInfo, offset: int, length: int) -> AsyncIterator[bytes]:
         """Stream a byte range of ``obj`` through the block cache (or straight from the UFS)."""

@@ -34,6 +34,9 @@ from unionstore.errors import InvalidArgument, NotFound
 from unionstore.namespace.mounts import Mount
 from unionstore.ufs.base import FileStatus, UnderFileSystem
 
+#: names the gateway keeps for itself (multipart staging); never listed, never a key
+RESERVED_PREFIX = ".unionstore-"
+
 
 @dataclass(frozen=True, slots=True)
 class Entry:
@@ -48,6 +51,7 @@ class Page:
     is_truncated: bool
     next_token: str | None = None
     last_key: str | None = None
+    etags: dict[str, str] = field(default_factory=dict)  # key -> ETag stored by the gateway
 
     @property
     def contents(self) -> list[Entry]:
@@ -102,6 +106,8 @@ async def walk(
     try:
         children = _in_key_order(ufs, rel_dir, name_prefix)
         async for sort_name, st in children:
+            if st.name.startswith(RESERVED_PREFIX):
+                continue  # the gateway's own staging folders
             key = key_base + sort_name
             if not st.is_dir:
                 if key > after:
@@ -263,6 +269,7 @@ class Lister:
         start_after: str = "",
         token: str | None = None,
         max_keys: int = 1000,
+        cached: bool = True,
     ) -> Page:
         cursor = Cursor.decode(token) if token else None
         if max_keys <= 0:
@@ -276,7 +283,7 @@ class Lister:
             cursor.is_prefix if cursor else False,
             max_keys,
         )
-        if self.page_ttl > 0:
+        if self.page_ttl > 0 and cached:
             hit = self._pages.get(page_key)
             if hit is not None and hit[1]:
                 return hit[0]

@@ -9,7 +9,7 @@ bucket (this is how ``unionstore serve`` with no arguments serves ``./data``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from unionstore.config import BUCKET_NAME
@@ -21,10 +21,20 @@ MAX_KEY_BYTES = 1024
 
 
 @dataclass(frozen=True, slots=True)
+class MountSource:
+    """How to open this mount's UFS again, e.g. as another HDFS user."""
+
+    uri: str
+    options: Mapping[str, str]
+    subdir: str = ""  # a bucket under a bucket root
+
+
+@dataclass(frozen=True, slots=True)
 class Mount:
     bucket: str
     prefix: str  # "" or ends with "/"
     ufs: UnderFileSystem
+    source: MountSource | None = None
 
     def shadows(self, others: Iterable[Mount]) -> tuple[str, ...]:
         """Prefixes of longer mounts in the same bucket that hide part of this one."""
@@ -63,6 +73,8 @@ def check_key(key: str) -> str:
     for part in parts:
         if part in ("", ".", ".."):
             raise InvalidKey(f"object key {key!r} has an empty, '.' or '..' component")
+        if part.startswith(".unionstore-"):
+            raise InvalidKey("names starting with '.unionstore-' are reserved by the gateway")
     return key
 
 
@@ -72,10 +84,12 @@ class MountTable:
         mounts: Iterable[Mount],
         bucket_root: UnderFileSystem | None = None,
         wrap: Callable[[UnderFileSystem], UnderFileSystem] = lambda ufs: ufs,
+        root_source: MountSource | None = None,
     ) -> None:
         """``wrap`` is applied to the UFS of each bucket found under ``bucket_root`` (the
         gateway wraps it in a metadata cache, as it does the static mounts)."""
         self.wrap = wrap
+        self.root_source = root_source
         self._static: dict[str, list[Mount]] = {}
         for mount in mounts:
             self._static.setdefault(mount.bucket, []).append(mount)
@@ -132,7 +146,10 @@ class MountTable:
             return None
         mount = self._rooted.get(bucket)
         if mount is None:
-            mount = Mount(bucket, "", self.wrap(PrefixedUfs(self.bucket_root, bucket)))
+            source = None
+            if self.root_source is not None:
+                source = MountSource(self.root_source.uri, self.root_source.options, bucket)
+            mount = Mount(bucket, "", self.wrap(PrefixedUfs(self.bucket_root, bucket)), source)
             self._rooted[bucket] = mount
         return mount
 
@@ -143,6 +160,14 @@ class MountTable:
                 rel = key[len(mount.prefix) :]
                 return Target(mount, rel.rstrip("/"), key.endswith("/"))
         raise NotFound(resource=f"/{bucket}/{key}")
+
+    def forget_bucket(self, bucket: str) -> None:
+        """A bucket-root bucket was created or deleted: look it up again next time."""
+        self._rooted.pop(bucket, None)
+        view = self.root_view
+        invalidate = getattr(view, "invalidate", None)
+        if invalidate is not None:
+            invalidate(bucket, recursive=False)
 
     async def close(self) -> None:
         ufs = {id(m.ufs): m.ufs for group in self._static.values() for m in group}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
@@ -20,6 +20,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from unionstore.errors import (
+    ClientError,
     InvalidArgument,
     InvalidBucketName,
     MethodNotAllowed,
@@ -30,6 +31,7 @@ from unionstore.errors import (
 from unionstore.gateway import Gateway
 from unionstore.s3 import admin, xml
 from unionstore.s3 import operations as ops
+from unionstore.s3 import write_ops as writes
 from unionstore.s3.auth import SignedRequest, authenticate
 from unionstore.s3.operations import S3Call
 
@@ -41,27 +43,79 @@ HEALTH_PATH = "/_unionstore/health"
 METRICS_PATH = "/metrics"
 
 
-def _route(method: str, bucket: str | None, key: str | None) -> Operation:
+def _route(method: str, bucket: str | None, key: str | None, query: Mapping[str, str]) -> Operation:
+    """The operation for a request: method, path shape and sub-resources decide."""
     if bucket is None:
         if method == "GET":
             return ops.list_buckets
-    elif key is None:
+        raise MethodNotAllowed()
+    if key is None:
         if method == "GET":
-            return ops.get_bucket
+            return writes.list_uploads if "uploads" in query else ops.get_bucket
         if method == "HEAD":
             return ops.head_bucket
-    else:
-        if method == "GET":
-            return ops.get_object
-        if method == "HEAD":
-            return _head_object
-    if method in ("PUT", "POST", "DELETE"):
-        raise NotImplementedOp(f"{method} is not supported yet by this gateway")
+        if method == "PUT":
+            if set(query) - {""}:
+                raise NotImplementedOp(f"PUT ?{min(query)} is not supported by this gateway")
+            return writes.create_bucket
+        if method == "DELETE":
+            return writes.delete_bucket
+        if method == "POST" and "delete" in query:
+            return writes.delete_objects
+        raise MethodNotAllowed()
+    if method == "GET":
+        return writes.list_parts if "uploadId" in query else ops.get_object
+    if method == "HEAD":
+        return _head_object
+    if method == "PUT":
+        if "uploadId" in query or "partNumber" in query:
+            return writes.upload_part
+        if set(query) & {"acl", "tagging", "retention", "legal-hold"}:
+            raise NotImplementedOp("object ACLs, tags and locks are not supported by this gateway")
+        return writes.put_object
+    if method == "DELETE":
+        return writes.delete_object
+    if method == "POST":
+        return writes.post_object
     raise MethodNotAllowed()
 
 
 async def _head_object(gw: Gateway, call: S3Call) -> Response:
     return await ops.get_object(gw, call, head=True)
+
+
+class _Body:
+    """The request body as it arrives. A client that goes away mid-body is an error, so a
+    half-received upload is never published; after an error the rest is drained (up to a
+    bound) so the client reads the error response instead of a reset connection."""
+
+    DRAIN_LIMIT = 256 << 20
+
+    def __init__(self, receive: Receive) -> None:
+        self.receive = receive
+        self.done = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while not self.done:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                self.done = True
+                raise ClientError("The client closed the connection before the body was complete")
+            if not message.get("more_body", False):
+                self.done = True
+            chunk = message.get("body", b"")
+            if chunk:
+                yield chunk
+
+    async def drain(self) -> None:
+        drained = 0
+        try:
+            async for chunk in self.chunks():
+                drained += len(chunk)
+                if drained > self.DRAIN_LIMIT:
+                    return
+        except ClientError:
+            return
 
 
 def split_path(raw_path: str) -> tuple[str | None, str | None]:
@@ -96,13 +150,16 @@ class S3App:
         request_id = secrets.token_hex(8).upper()
         head = scope["method"] == "HEAD"
         op = "unknown"
+        body = _Body(receive)
         try:
-            op, response = await self._handle(scope, request_id)
+            op, response = await self._handle(scope, body)
         except UnionstoreError as err:
             response = render_error(err, request_id, head=head, path=scope.get("path", ""))
+            await body.drain()
         except Exception:
             log.exception("internal error on %s %s", scope["method"], scope.get("path"))
             response = render_error(UnionstoreError(), request_id, head=head)
+            await body.drain()
         response.headers["x-amz-request-id"] = request_id
         response.headers["x-amz-id-2"] = request_id
         try:
@@ -112,15 +169,15 @@ class S3App:
                 op, response.status_code, time.monotonic() - started
             )
 
-    async def _handle(self, scope: Scope, request_id: str) -> tuple[str, Response]:
+    async def _handle(self, scope: Scope, body: _Body) -> tuple[str, Response]:
         """(operation name, response) for one request."""
         raw_path_b: bytes = scope.get("raw_path") or scope["path"].encode()
         raw_path = raw_path_b.decode("latin-1").partition("?")[0]
         if raw_path == HEALTH_PATH:
             return "health", PlainTextResponse("ok\n")
         if raw_path == METRICS_PATH:
-            body = self.gateway.metrics.render()
-            return "metrics", Response(body, media_type="text/plain; version=0.0.4")
+            text = self.gateway.metrics.render()
+            return "metrics", Response(text, media_type="text/plain; version=0.0.4")
         headers = Headers(scope=scope)
         if sum(len(k) + len(v) for k, v in scope["headers"]) > MAX_HEADER_BYTES:
             raise RequestHeaderTooLarge()
@@ -141,8 +198,10 @@ class S3App:
         if raw_path.startswith(admin.PREFIX):
             response = await admin.handle(self.gateway, scope["method"], raw_path, query, principal)
             return "admin", response
-        operation = _route(scope["method"], bucket, key)
-        call = S3Call(scope["method"], bucket, key, query, headers, principal)
+        operation = _route(scope["method"], bucket, key, query)
+        call = S3Call(
+            scope["method"], bucket, key, query, headers, principal, result, body.chunks()
+        )
         return operation.__name__.strip("_"), await operation(self.gateway, call)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:

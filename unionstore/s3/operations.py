@@ -8,7 +8,7 @@ are raised as ``unionstore.errors`` and rendered by the boundary in ``unionstore
 from __future__ import annotations
 
 import mimetypes
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 from starlette.responses import Response
@@ -16,6 +16,7 @@ from starlette.responses import Response
 from unionstore.errors import AccessDenied, InvalidArgument, InvalidRange, NotImplementedOp
 from unionstore.gateway import Gateway, ObjectInfo, Principal
 from unionstore.s3 import xml
+from unionstore.s3.auth import AuthResult
 from unionstore.s3.http import check_preconditions, http_date, parse_range
 from unionstore.s3.streaming import ObjectStream
 
@@ -25,23 +26,47 @@ MAX_KEYS_LIMIT = 1000
 #: bucket sub-resources a client may ask for that this gateway does not implement
 UNSUPPORTED_BUCKET_SUBRESOURCES = frozenset(
     {
-        "acl", "policy", "cors", "lifecycle", "tagging", "encryption", "object-lock",
-        "website", "logging", "notification", "replication", "accelerate", "requestPayment",
-        "ownershipControls", "publicAccessBlock", "analytics", "metrics", "inventory",
-        "intelligent-tiering", "policyStatus", "uploads",
+        "acl",
+        "policy",
+        "cors",
+        "lifecycle",
+        "tagging",
+        "encryption",
+        "object-lock",
+        "website",
+        "logging",
+        "notification",
+        "replication",
+        "accelerate",
+        "requestPayment",
+        "ownershipControls",
+        "publicAccessBlock",
+        "analytics",
+        "metrics",
+        "inventory",
+        "intelligent-tiering",
+        "policyStatus",
     }
 )
 UNSUPPORTED_OBJECT_SUBRESOURCES = frozenset(
-    {"acl", "tagging", "retention", "legal-hold", "torrent", "attributes", "uploadId",
-     "restore", "select"}
+    {
+        "acl",
+        "tagging",
+        "retention",
+        "legal-hold",
+        "torrent",
+        "attributes",
+        "restore",
+        "select",
+    }
 )
 RESPONSE_OVERRIDES = {
-    "response-content-type": "Content-Type",
-    "response-content-language": "Content-Language",
-    "response-expires": "Expires",
-    "response-cache-control": "Cache-Control",
-    "response-content-disposition": "Content-Disposition",
-    "response-content-encoding": "Content-Encoding",
+    "response-content-type": "content-type",
+    "response-content-language": "content-language",
+    "response-expires": "expires",
+    "response-cache-control": "cache-control",
+    "response-content-disposition": "content-disposition",
+    "response-content-encoding": "content-encoding",
 }
 
 
@@ -53,6 +78,8 @@ class S3Call:
     query: Mapping[str, str]
     headers: Mapping[str, str]
     principal: Principal
+    auth: AuthResult
+    body: AsyncIterator[bytes]  # the raw request body, as it arrives
 
 
 def _xml(body: bytes, status: int = 200) -> Response:
@@ -145,14 +172,21 @@ async def get_bucket(gw: Gateway, call: S3Call) -> Response:
     return _xml(body)
 
 
-def _object_headers(obj: ObjectInfo, query: Mapping[str, str]) -> dict[str, str]:
+def _object_headers(obj: ObjectInfo, query: Mapping[str, str], whole: bool) -> dict[str, str]:
+    """Response headers of GET/HEAD: validators, what the gateway stored with the object, and
+    the response-* overrides of the request."""
     content_type = mimetypes.guess_type(obj.key, strict=False)[0] or "binary/octet-stream"
-    headers = {
-        "ETag": obj.etag,
-        "Last-Modified": http_date(obj.status.mtime_ns),
-        "Accept-Ranges": "bytes",
-        "Content-Type": content_type,
+    headers = {  # lower-case names: stored headers below replace these
+        "etag": obj.etag,
+        "last-modified": http_date(obj.status.mtime_ns),
+        "accept-ranges": "bytes",
+        "content-type": content_type,
     }
+    if obj.stored is not None:
+        for name, value in obj.stored.headers.items():
+            if name.startswith("x-amz-checksum-") and not whole:
+                continue  # a whole-object checksum would fail a ranged reader's check
+            headers[name] = value
     for param, header in RESPONSE_OVERRIDES.items():
         if param in query:
             headers[header] = query[param]
@@ -170,17 +204,17 @@ async def get_object(gw: Gateway, call: S3Call, *, head: bool = False) -> Respon
     fresh = "no-cache" in call.headers.get("cache-control", "")
     obj = await gw.stat_object(call.bucket, call.key, fresh=fresh)
     check_preconditions(call.headers, obj.etag, obj.status.mtime_ns)
-    headers = _object_headers(obj, call.query)
     size = obj.size
     rng = parse_range(call.headers.get("range"), size)
+    headers = _object_headers(obj, call.query, whole=rng is None)
     status = 200
     first, length = 0, size
     if rng is not None:
         first, last = rng
         length = last - first + 1
         status = 206
-        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
-    headers["Content-Length"] = str(length)
+        headers["content-range"] = f"bytes {first}-{last}/{size}"
+    headers["content-length"] = str(length)
     if head or length == 0:
         return Response(status_code=status, headers=headers)
     return ObjectStream(gw.read_object(obj, first, length), status, headers)

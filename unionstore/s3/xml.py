@@ -47,7 +47,7 @@ def _encoder(encoding_type: str | None) -> Callable[[str], str]:
     return lambda s: s
 
 
-def _contents(entry: Entry, enc: Callable[[str], str], fetch_owner: bool) -> str:
+def _contents(entry: Entry, enc: Callable[[str], str], fetch_owner: bool, etag: str | None) -> str:
     st = entry.status
     assert st is not None
     owner = ""
@@ -56,7 +56,7 @@ def _contents(entry: Entry, enc: Callable[[str], str], fetch_owner: bool) -> str
         owner = f"<Owner>{_el('ID', name)}{_el('DisplayName', name)}</Owner>"
     return (
         f"<Contents>{_el('Key', enc(entry.key))}{_el('LastModified', iso_date(st.mtime_ns))}"
-        f"{_el('ETag', etag_of(st))}{_el('Size', st.size)}{owner}"
+        f"{_el('ETag', etag or etag_of(st))}{_el('Size', st.size)}{owner}"
         "<StorageClass>STANDARD</StorageClass></Contents>"
     )
 
@@ -127,7 +127,7 @@ def _entries(parts: list[str], page: Page, enc: Callable[[str], str], owner: boo
         if entry.is_prefix:
             prefixes.append(f"<CommonPrefixes>{_el('Prefix', enc(entry.key))}</CommonPrefixes>")
         else:
-            parts.append(_contents(entry, enc, owner))
+            parts.append(_contents(entry, enc, owner, page.etags.get(entry.key)))
     parts.extend(prefixes)
 
 

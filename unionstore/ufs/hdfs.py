@@ -47,6 +47,7 @@ from unionstore.errors import (
     KeyTooLong,
     NotFound,
     NotImplementedOp,
+    QuotaExceeded,
     ServiceUnavailable,
     UnionstoreError,
 )
@@ -78,6 +79,7 @@ _RULES: list[tuple[str, str | None, str | None, type[UnionstoreError]]] = [
     # Java exceptions carried by RPCError("class", "message")
     ("rpc", "java.io.FileNotFoundException", None, NotFound),
     ("rpc", "org.apache.hadoop.security.AccessControlException", None, AccessDenied),
+    ("rpc", "QuotaExceededException", None, QuotaExceeded),  # DS/NS quota, in any package
     ("rpc", "org.apache.hadoop.hdfs.protocol.AclException", None, AccessDenied),
     ("rpc", "org.apache.hadoop.fs.PathIsNotEmptyDirectoryException", None, InvalidArgument),
     ("rpc", "org.apache.hadoop.fs.ParentNotDirectoryException", None, InvalidKey),
