@@ -8,6 +8,7 @@ carries ``x-amz-request-id``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -205,14 +206,29 @@ class S3App:
         return operation.__name__.strip("_"), await operation(self.gateway, call)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
+        janitor: asyncio.Task[None] | None = None
         while True:
             message: dict[str, Any] = dict(await receive())
             if message["type"] == "lifespan.startup":
+                janitor = asyncio.create_task(self._expire_uploads())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if janitor is not None:
+                    janitor.cancel()
                 await self.gateway.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _expire_uploads(self, every: float = 600.0) -> None:
+        """Abort multipart uploads abandoned for longer than ``multipart_expiry``."""
+        while True:
+            try:
+                n = await self.gateway.multipart.expire(self.gateway.config.multipart_expiry)
+                if n:
+                    log.info("aborted %d abandoned multipart uploads", n)
+            except Exception:
+                log.exception("expiring multipart uploads failed")
+            await asyncio.sleep(every)
 
 
 def render_error(

@@ -48,8 +48,16 @@ def object_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return kept
 
 
-def _reader(call: S3Call) -> BodyReader:
-    return BodyReader(call.body, call.headers, call.auth)
+def _reader(call: S3Call, max_size: int | None = None) -> BodyReader:
+    """The verified payload of the request; ``max_size`` bounds small XML documents."""
+    if max_size is None:
+        return BodyReader(call.body, call.headers, call.auth)
+    return BodyReader(call.body, call.headers, call.auth, max_size=max_size)
+
+
+async def _document(call: S3Call) -> bytes:
+    """A small request document (XML), read whole."""
+    return b"".join([chunk async for chunk in _reader(call, xmlio.MAX_XML_BYTES)])
 
 
 def _checksum_headers(reader: BodyReader) -> dict[str, str]:
@@ -127,9 +135,7 @@ async def delete_object(gw: Gateway, call: S3Call) -> Response:
 async def delete_objects(gw: Gateway, call: S3Call) -> Response:
     assert call.bucket is not None
     await gw.head_bucket(call.bucket)
-    reader = _reader(call)
-    body = b"".join([chunk async for chunk in reader])
-    keys, quiet = xmlio.parse_delete(body)
+    keys, quiet = xmlio.parse_delete(await _document(call))
     deleted: list[str] = []
     errors: list[tuple[str, str, str]] = []
     for key in keys:
@@ -146,8 +152,7 @@ async def create_bucket(gw: Gateway, call: S3Call) -> Response:
     assert call.bucket is not None
     if not call.principal.admin and call.principal.grants.get("*") != "write":
         raise AccessDenied("Creating buckets needs a key with write access to '*'")
-    body = b"".join([chunk async for chunk in _reader(call)])
-    xmlio.parse_location(body)
+    xmlio.parse_location(await _document(call))
     await gw.writes.create_bucket(call.bucket)
     return Response(status_code=200, headers={"Location": f"/{call.bucket}"})
 
@@ -170,8 +175,7 @@ async def post_object(gw: Gateway, call: S3Call) -> Response:
         )
         return Response(xmlio.initiate_result(call.bucket, call.key, upload_id), media_type=XML)
     if "uploadId" in call.query:
-        body = b"".join([chunk async for chunk in _reader(call)])
-        parts = xmlio.parse_complete(body)
+        parts = xmlio.parse_complete(await _document(call))
         written = await gw.multipart.complete(
             call.bucket, call.key, call.query["uploadId"], call.principal, parts
         )
