@@ -18,9 +18,13 @@ import pytest
 from tests.support.gateway import (
     ADMIN_KEY,
     ADMIN_SECRET,
+    ALICE,
+    ALICE_SECRET,
     FILES,
     READER_KEY,
     READER_SECRET,
+    WREADER,
+    WREADER_SECRET,
     GatewayProcess,
 )
 from tests.support.hdfs import HdfsCluster
@@ -117,6 +121,55 @@ def gateway(
             {"access_key": READER_KEY, "secret_key": READER_SECRET, "grants": {"hdfsb": "read"}},
         ],
         "buckets": {"public": {"anonymous": "read"}},
+    }
+    with GatewayProcess(config) as gw:
+        yield gw
+
+
+# ---- the write-path gateway: a bucket root on HDFS plus object-store and local mounts ----
+@pytest.fixture(scope="session")
+def wroot(hdfs: HdfsCluster) -> str:
+    root = f"/w-{uuid.uuid4().hex[:8]}"
+    client = hdfs_native.Client(hdfs.url)
+    client.mkdirs(f"{root}/buckets/hbkt", create_parent=True)
+    client.mkdirs(f"{root}/alice", create_parent=True)
+    client.set_owner(f"{root}/alice", "alice")
+    client.mkdirs(f"{root}/rootonly", create_parent=True)  # 755 root: alice may not write
+    client.set_permission(f"{root}/buckets/hbkt", 0o777)
+    return root
+
+
+@pytest.fixture(scope="session")
+def wgw(
+    hdfs: HdfsCluster, moto_s3: MotoS3, wroot: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    local = tmp_path_factory.mktemp("wlocal")
+    origin = f"worigin-{uuid.uuid4().hex[:8]}"
+    moto_s3.client().create_bucket(Bucket=origin)
+    s3_options = {
+        "endpoint": moto_s3.endpoint,
+        "access_key": moto_s3.access_key,
+        "secret_key": moto_s3.secret_key,
+    }
+    config = {
+        "bucket_root": f"{hdfs.url}{wroot}/buckets",
+        "mounts": [
+            {"bucket": "lbkt", "uri": local.as_uri()},
+            {"bucket": "obkt", "uri": f"s3://{origin}/data", "options": s3_options},
+            {"bucket": "alicebkt", "uri": f"{hdfs.url}{wroot}/alice"},
+            {"bucket": "rootonly", "uri": f"{hdfs.url}{wroot}/rootonly"},
+        ],
+        "keys": [
+            {"access_key": ADMIN_KEY, "secret_key": ADMIN_SECRET, "admin": True},
+            {
+                "access_key": ALICE,
+                "secret_key": ALICE_SECRET,
+                "user": "alice",
+                "grants": {"*": "write"},
+            },
+            {"access_key": WREADER, "secret_key": WREADER_SECRET, "grants": {"*": "read"}},
+        ],
+        "cache": {"metadata_ttl": "1h", "block_size": "1MiB"},
     }
     with GatewayProcess(config) as gw:
         yield gw

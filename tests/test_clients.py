@@ -16,7 +16,9 @@ from tests.support.gateway import ADMIN_KEY, ADMIN_SECRET, FILES, GatewayProcess
 BUCKET = "hdfsb"  # the HDFS-backed bucket of the shared gateway fixture
 
 
-def aws(gateway: GatewayProcess, *args: str) -> subprocess.CompletedProcess[bytes]:
+def aws(
+    gateway: GatewayProcess, *args: str, config: Path | None = None
+) -> subprocess.CompletedProcess[bytes]:
     exe = shutil.which("aws", path=os.path.dirname(sys.executable)) or shutil.which("aws")
     assert exe, "awscli is part of the test extra"
     env = {
@@ -24,7 +26,7 @@ def aws(gateway: GatewayProcess, *args: str) -> subprocess.CompletedProcess[byte
         "AWS_ACCESS_KEY_ID": ADMIN_KEY,
         "AWS_SECRET_ACCESS_KEY": ADMIN_SECRET,
         "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_CONFIG_FILE": str(config) if config else "/dev/null",
         "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
     }
     return subprocess.run(

@@ -168,10 +168,12 @@ def test_etag_stable_not_md5_shaped_and_conditionals(gateway: GatewayProcess) ->
 
 def test_missing_keys_and_directories(gateway: GatewayProcess) -> None:
     s3 = gateway.client()
-    for key in ["nope", "a", "a/", "a/y"]:
+    for key in ["nope", "a", "a/y", "a0/"]:
         with pytest.raises(ClientError) as err:
             s3.get_object(Bucket="hdfsb", Key=key)
         assert err.value.response["Error"]["Code"] == "NoSuchKey", key
+    folder = s3.get_object(Bucket="hdfsb", Key="a/")  # a folder, as s3fs-fuse expects it
+    assert folder["Body"].read() == b"" and folder["ContentType"] == "application/x-directory"
 
 
 def test_sigv2_header_and_query(gateway: GatewayProcess) -> None:

@@ -11,70 +11,26 @@ import socket
 import subprocess
 import uuid
 import zlib
-from collections.abc import Iterator
 from typing import Any
 
 import hdfs_native
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.support.gateway import ADMIN_KEY, ADMIN_SECRET, GatewayProcess
+from tests.support.gateway import (
+    ADMIN_KEY,
+    ADMIN_SECRET,
+    ALICE,
+    ALICE_SECRET,
+    GatewayProcess,
+)
+from tests.support.gateway import WREADER as READER
+from tests.support.gateway import WREADER_SECRET as READER_SECRET
 from tests.support.hadoop import classpath
 from tests.support.hdfs import HdfsCluster
-from tests.support.moto import MotoS3
 from tests.support.ports import poll_until
 
 MiB = 1 << 20
-ALICE, ALICE_SECRET = "AKIAALICE", "alice-secret"
-READER, READER_SECRET = "AKIAWREADER", "reader-secret"
-
-
-@pytest.fixture(scope="module")
-def wroot(hdfs: HdfsCluster) -> str:
-    root = f"/w-{uuid.uuid4().hex[:8]}"
-    client = hdfs_native.Client(hdfs.url)
-    client.mkdirs(f"{root}/buckets/hbkt", create_parent=True)
-    client.mkdirs(f"{root}/alice", create_parent=True)
-    client.set_owner(f"{root}/alice", "alice")
-    client.mkdirs(f"{root}/rootonly", create_parent=True)  # 755 root: alice may not write
-    client.set_permission(f"{root}/buckets/hbkt", 0o777)
-    return root
-
-
-@pytest.fixture(scope="module")
-def wgw(
-    hdfs: HdfsCluster, moto_s3: MotoS3, wroot: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[GatewayProcess]:
-    local = tmp_path_factory.mktemp("wlocal")
-    origin = f"worigin-{uuid.uuid4().hex[:8]}"
-    moto_s3.client().create_bucket(Bucket=origin)
-    s3_options = {
-        "endpoint": moto_s3.endpoint,
-        "access_key": moto_s3.access_key,
-        "secret_key": moto_s3.secret_key,
-    }
-    config = {
-        "bucket_root": f"{hdfs.url}{wroot}/buckets",
-        "mounts": [
-            {"bucket": "lbkt", "uri": local.as_uri()},
-            {"bucket": "obkt", "uri": f"s3://{origin}/data", "options": s3_options},
-            {"bucket": "alicebkt", "uri": f"{hdfs.url}{wroot}/alice"},
-            {"bucket": "rootonly", "uri": f"{hdfs.url}{wroot}/rootonly"},
-        ],
-        "keys": [
-            {"access_key": ADMIN_KEY, "secret_key": ADMIN_SECRET, "admin": True},
-            {
-                "access_key": ALICE,
-                "secret_key": ALICE_SECRET,
-                "user": "alice",
-                "grants": {"*": "write"},
-            },
-            {"access_key": READER, "secret_key": READER_SECRET, "grants": {"*": "read"}},
-        ],
-        "cache": {"metadata_ttl": "1h", "block_size": "1MiB"},
-    }
-    with GatewayProcess(config) as gw:
-        yield gw
 
 
 BUCKETS = ["hbkt", "lbkt", "obkt"]

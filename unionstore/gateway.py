@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from unionstore.cache.blocks import BlockCache, FileVersion
 from unionstore.cache.coordinator import EmbeddedCoordinator
@@ -42,6 +42,9 @@ class Principal:
 
 
 ANONYMOUS = Principal(None)
+DIRECTORY_OBJECT = StoredObject(
+    '"d41d8cd98f00b204e9800998ecf8427e"', {"content-type": "application/x-directory"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,8 +236,11 @@ class Gateway:
                 status = await ufs.stat(target.path)
         except NotFound:
             raise NoSuchKey(resource=f"/{bucket}/{key}") from None
-        if status.is_dir or target.is_dir_key:
+        if status.is_dir != target.is_dir_key:
             raise NoSuchKey(resource=f"/{bucket}/{key}")
+        if status.is_dir:  # "dir/" of an existing folder: an empty folder object, as s3fs expects
+            status = replace(status, size=0)
+            return ObjectInfo(bucket, key, status, target, DIRECTORY_OBJECT)
         return ObjectInfo(bucket, key, status, target, await self._stored_of(target, status))
 
     async def _stored_of(self, target: Target, status: FileStatus) -> StoredObject | None:

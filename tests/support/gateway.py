@@ -17,6 +17,8 @@ from tests.support.ports import free_port
 ADMIN_KEY = "AKIAUNIONSTOREADMIN"
 ADMIN_SECRET = "admin-secret-key-for-tests"
 READER_KEY, READER_SECRET = "AKIAREADER", "reader-secret"
+ALICE, ALICE_SECRET = "AKIAALICE", "alice-secret"  # acts on HDFS as user "alice"
+WREADER, WREADER_SECRET = "AKIAWREADER", "reader-secret"  # read-only on every bucket
 FILES = {
     "a.b": b"file a.b",
     "a/x": b"x" * 10,
