@@ -158,6 +158,11 @@ def block_cache(tmp_path: Path, **kw: int) -> BlockCache:
     return BlockCache(store, EmbeddedCoordinator(store), block_size=BS, **kw)
 
 
+async def settle(bc: BlockCache) -> None:
+    """Wait for the fills running in the background (they finish after their readers)."""
+    await asyncio.gather(*(t for s in bc._files.values() for t in list(s.tasks)))
+
+
 async def read_all(
     bc: BlockCache, fv: FileVersion, src: Source, off: int, n: int, whole: bool = False
 ) -> bytes:
@@ -174,6 +179,7 @@ async def test_concurrent_cold_readers_fetch_each_block_once(tmp_path: Path) -> 
     assert all(r == data for r in results)
     assert src.fetched == len(data)  # 16 readers, one copy from the origin
     assert len(src.calls) == 21
+    await settle(bc)
     stats = bc.stats_for("test/")
     assert stats.served_bytes == 16 * len(data)
     assert bc.active == 0 and bc.queued == 0 and not bc._inflight
@@ -210,7 +216,7 @@ async def test_sequential_ranged_reads_read_ahead_with_amplification_near_one(
     chunk = BS // 2
     for off in range(0, len(data), chunk):
         assert await read_all(bc, fv, src, off, chunk) == data[off : off + chunk]
-    await asyncio.gather(*(t for s in bc._files.values() for t in list(s.tasks)))
+    await settle(bc)
     assert src.fetched == len(data)
     assert bc.stats_for("test/").read_amplification == 1.0
 
@@ -243,6 +249,7 @@ async def test_failed_fill_falls_back_and_clears_in_flight(tmp_path: Path) -> No
     got.append(await waiting)
     got += [c async for c in stream]
     assert b"".join(got) == data
+    await settle(bc)
     stats = bc.stats_for("test/")
     assert stats.fill_failures == 1 and stats.fallbacks == 1
     assert not bc._inflight and bc.active == 0 and bc.queued == 0
