@@ -25,8 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from unionstore.cache.coordinator import FillCoordinator
@@ -35,6 +36,9 @@ from unionstore.cache.store import BlockStore, block_key
 log = logging.getLogger("unionstore.cache")
 
 Fetch = Callable[[int, int], Awaitable[bytes]]
+#: blocks a reader has in hand at once: the one being sent and the next one being read
+READ_PIPELINE = 2
+WRITER_THREADS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +97,9 @@ class BlockCache:
         self.readahead_blocks = readahead_blocks
         self.max_files = max_files
         self._global = asyncio.Semaphore(fill_concurrency)
+        self._pending = asyncio.Semaphore(2 * fill_concurrency)
+        # few writers: parallel writes of many block files thrash a slow disk
+        self._writer = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="block-writer")
         self._inflight: dict[str, asyncio.Future[bytes | None]] = {}
         self._files: OrderedDict[tuple[str, str, int], _FileState] = OrderedDict()
         self.queued = 0
@@ -123,11 +130,21 @@ class BlockCache:
             self._ensure(fv, state, i, fetch, demand=False)
         stats = self.stats_for(fv.mount)
         end = offset + length
-        for i in range(first, last + 1):
-            data = await self._block(fv, state, i, fetch)
-            lo, hi = max(offset, i * bs) - i * bs, min(end, (i + 1) * bs) - i * bs
-            stats.served_bytes += hi - lo
-            yield data if lo == 0 and hi == len(data) else data[lo:hi]
+        # the next block is read (from disk, or awaited from its fill) while this one is sent
+        upcoming: deque[asyncio.Task[bytes]] = deque()
+        nxt = first
+        try:
+            for i in range(first, last + 1):
+                while nxt <= last and len(upcoming) < READ_PIPELINE:
+                    upcoming.append(asyncio.ensure_future(self._block(fv, state, nxt, fetch)))
+                    nxt += 1
+                data = await upcoming.popleft()
+                lo, hi = max(offset, i * bs) - i * bs, min(end, (i + 1) * bs) - i * bs
+                stats.served_bytes += hi - lo
+                yield data if lo == 0 and hi == len(data) else data[lo:hi]
+        finally:
+            for task in upcoming:
+                task.cancel()
 
     async def warm(self, fv: FileVersion, fetch: Fetch) -> int:
         """Fill every block of ``fv``; returns the number of blocks now present."""
@@ -192,38 +209,37 @@ class BlockCache:
         fetch: Fetch,
         fut: asyncio.Future[bytes | None],
     ) -> None:
+        """Fetch block ``i``, hand it to waiting readers at once, then write it to disk behind
+        them (local disks here write slower than HDFS reads, so readers must not wait for the
+        write). ``_pending`` bounds the blocks held in memory between fetch and write."""
         stats = self.stats_for(fv.mount)
-        started = False
+        started = claimed = False
         try:
-            async with self._global, state.sem:
-                self.queued -= 1
-                self.active += 1
-                started = True
-                if await asyncio.to_thread(self.store.contains, key):
-                    state.present[i] = 1
-                    fut.set_result(None)
-                    return
-                claimed = await self.coordinator.claim(key)
-                if (not claimed and await self.coordinator.wait(key, 60.0)) or (
-                    claimed and await asyncio.to_thread(self.store.contains, key)
-                ):  # another process filled it (while we waited, or just before our claim)
-                    if claimed:
-                        await self.coordinator.done(key)
-                    state.present[i] = 1
-                    fut.set_result(None)
-                    return
-                try:
+            async with self._pending:
+                async with self._global, state.sem:
+                    self.queued -= 1
+                    self.active += 1
+                    started = True
+                    if await asyncio.to_thread(self.store.contains, key):
+                        state.present[i] = 1
+                        fut.set_result(None)
+                        return
+                    claimed = await self.coordinator.claim(key)
+                    if (not claimed and await self.coordinator.wait(key, 60.0)) or (
+                        claimed and await asyncio.to_thread(self.store.contains, key)
+                    ):  # another process filled it (while we waited, or just before our claim)
+                        state.present[i] = 1
+                        fut.set_result(None)
+                        return
                     want = self._length(fv, i)
                     data = await fetch(i * self.block_size, want)
                     stats.ufs_bytes += len(data)
                     if len(data) != want:
                         raise OSError(f"short read of block {i}: {len(data)} != {want}")
-                    await asyncio.to_thread(self.store.put, key, data, fv.file_id)
-                    state.present[i] = 1
-                    fut.set_result(data)
-                finally:
-                    if claimed:
-                        await self.coordinator.done(key)
+                fut.set_result(data)
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._writer, self.store.put, key, data, fv.file_id)
+                state.present[i] = 1
         except BaseException as exc:
             stats.fill_failures += 1
             if not fut.done():
@@ -233,6 +249,8 @@ class BlockCache:
                 raise
             log.warning("fill of %s block %d failed: %s", fv.file_id, i, exc)
         finally:
+            if claimed:
+                await self.coordinator.done(key)
             if started:
                 self.active -= 1
             else:
