@@ -33,6 +33,8 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--metadata-ttl", help="metadata cache TTL, e.g. 60s (default); 0 = off")
     p.add_argument("--no-cache", action="store_true", help="serve straight from the UFS")
     p.add_argument("--workers", type=int, help="worker processes sharing the port (default 1)")
+    p.add_argument("--limit-global", help="egress limit of the process, e.g. 500MB/s")
+    p.add_argument("--limit-per-connection", help="egress limit of one connection, e.g. 50MB/s")
 
 
 def _cache_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -120,13 +122,18 @@ def serve(args: argparse.Namespace) -> int:
         "cache_metadata_ttl": args.metadata_ttl,
         "cache_enabled": False if args.no_cache else None,
         "workers": args.workers,
+        "limit_global": args.limit_global,
+        "limit_per_connection": args.limit_per_connection,
     }
     cfg = load(args.config, flags=flags)
     cfg, generated = with_embedded_default(cfg, Path.cwd())
     _print_banner(cfg, generated)
     from unionstore import server
 
-    server.main(cfg)
+    def reload() -> Config:
+        return with_embedded_default(load(args.config, flags=flags), Path.cwd())[0]
+
+    server.main(cfg, reload)
     return 0
 
 

@@ -42,6 +42,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from unionstore.errors import InvalidArgument
+from unionstore.ratelimit import parse_rate as _parse_rate
+from unionstore.ratelimit import parse_size as _parse_size
 
 Level = Literal["read", "write"]
 
@@ -52,35 +54,24 @@ class ConfigError(InvalidArgument):
     """A configuration file, variable or flag that cannot be used."""
 
 
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 10**3,
-    "kb": 10**3,
-    "m": 10**6,
-    "mb": 10**6,
-    "g": 10**9,
-    "gb": 10**9,
-    "t": 10**12,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-}
-_DURATION_UNITS = {"": 1.0, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
-_NUMBER_UNIT = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
-
-
 def parse_size(value: str | int | float) -> int:
     """Bytes from ``4MiB``, ``10GB`` (10**9), ``512`` ... (MB is 10**6 bytes, MiB 2**20)."""
-    if isinstance(value, int | float):
-        return int(value)
-    m = _NUMBER_UNIT.match(value)
-    unit = m.group(2).lower() if m else None
-    if m is None or unit not in _SIZE_UNITS:
-        raise ConfigError(f"not a size: {value!r} (try 4MiB, 10GB, 512)")
-    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+    try:
+        return _parse_size(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def parse_rate(value: str | int | float | None) -> float | None:
+    """Bytes (or requests) per second from ``50MB/s``, ``100/s``; None for ``unlimited``."""
+    try:
+        return _parse_rate(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+_DURATION_UNITS = {"": 1.0, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_NUMBER_UNIT = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
 
 
 def parse_duration(value: str | int | float) -> float:
@@ -123,12 +114,49 @@ _CACHE_PARSERS: dict[str, Any] = {
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Rates in bytes/s (requests/s for ``requests_per_key``); None = unlimited."""
+
+    global_egress: float | None = None  # all response bytes of this process (the NIC)
+    per_connection: float | None = None  # response bytes of one client connection
+    per_key: float | None = None  # response bytes of one access key
+    requests_per_key: float | None = None  # requests/s of one access key, beyond: 503 SlowDown
+    max_in_flight: int | None = None  # requests at once in this process, beyond: 503 SlowDown
+    origin: float | None = None  # bytes/s read from each UFS origin (fills and pass-through)
+
+
+_LIMIT_PARSERS: dict[str, Any] = {
+    "global": parse_rate,
+    "per_connection": parse_rate,
+    "per_key": parse_rate,
+    "requests_per_key": parse_rate,
+    "max_in_flight": lambda v: int(v) or None,
+    "origin": parse_rate,
+}
+
+
+def limits_from(raw: Mapping[str, Any], base: LimitsConfig) -> LimitsConfig:
+    """A ``[limits]`` table (or the admin API's query) over ``base``."""
+    unknown = set(raw) - set(_LIMIT_PARSERS)
+    if unknown:
+        raise ConfigError(f"unknown [limits] keys: {', '.join(sorted(unknown))}")
+    try:
+        changes = {
+            ("global_egress" if k == "global" else k): _LIMIT_PARSERS[k](v) for k, v in raw.items()
+        }
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"bad [limits] value: {exc}") from None
+    return replace(base, **changes)
+
+
+@dataclass(frozen=True, slots=True)
 class MountConfig:
     bucket: str
     uri: str
     prefix: str = ""
     options: Mapping[str, str] = field(default_factory=dict)
     metadata_ttl: float | None = None  # None: the [cache] default
+    origin_limit: float | None = None  # None: the [limits] origin default
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +188,7 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     #: multipart uploads not completed or aborted within this many seconds are aborted
     multipart_expiry: float = 7 * 86400.0
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -190,6 +219,7 @@ def from_json(text: str) -> Config:
         workers=raw["workers"],
         cache=CacheConfig(**raw["cache"]),
         multipart_expiry=raw["multipart_expiry"],
+        limits=LimitsConfig(**raw["limits"]),
     )
 
 
@@ -271,6 +301,7 @@ def from_mapping(raw: Mapping[str, Any], base: Config | None = None) -> Config:
         "workers",
         "cache",
         "multipart_expiry",
+        "limits",
     }
     unknown = set(raw) - known
     if unknown:
@@ -291,6 +322,8 @@ def from_mapping(raw: Mapping[str, Any], base: Config | None = None) -> Config:
         }
     if "cache" in raw:
         changes["cache"] = _cache_from(dict(raw["cache"]), cfg.cache)
+    if "limits" in raw:
+        changes["limits"] = limits_from(dict(raw["limits"]), cfg.limits)
     if "mounts" in raw:
         changes["mounts"] = tuple(_mount_from(m) for m in raw["mounts"])
     if "keys" in raw:
@@ -346,6 +379,9 @@ def load(
     }
     if cache_flags:
         flags["cache"] = cache_flags
+    limit_flags = {k[6:]: flags.pop(k) for k in list(flags) if k.startswith("limit_")}
+    if limit_flags:
+        flags["limits"] = limit_flags
     mounts = flags.pop("mounts", None)
     access, secret = flags.pop("access_key", None), flags.pop("secret_key", None)
     cfg = from_mapping(flags, cfg)

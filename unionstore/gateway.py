@@ -18,6 +18,7 @@ from unionstore.cache.metadata import MetadataCachingUfs, TtlCache
 from unionstore.cache.store import BlockStore
 from unionstore.config import Config, KeyConfig, Level
 from unionstore.errors import AccessDenied, InvalidAccessKeyId, NoSuchKey, NotFound
+from unionstore.limits import Limits, OriginLimitedUfs
 from unionstore.metrics import Registry, Sample
 from unionstore.multipart import MultipartUploads
 from unionstore.namespace.etag import etag_of
@@ -83,10 +84,12 @@ class Gateway:
         mounts: MountTable,
         blocks: BlockCache | None = None,
         metrics: Registry | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.config = config
         self.mounts = mounts
         self.blocks = blocks
+        self.limits = limits or Limits(config.limits)
         self.objmeta = ObjectMetaStore(config.cache_dir / "state" / "objects.sqlite")
         self._stored: TtlCache[tuple[str, str], StoredObject | None] = TtlCache(
             ttl=config.cache.metadata_ttl, max_entries=100_000, stale_if_error=0
@@ -96,11 +99,16 @@ class Gateway:
         self.lister = Lister(page_ttl=config.cache.metadata_ttl if config.cache.enabled else 0)
         self.metrics = metrics or Registry()
         self.metrics.add_source(self._cache_samples)
+        self.metrics.add_source(self.limits.samples)
         self._keys = {k.access_key: k for k in config.keys}
 
     @classmethod
     def from_config(cls, config: Config) -> Gateway:
         cc = config.cache
+        limits = Limits(config.limits)
+
+        def origin(ufs: UnderFileSystem, override: float | None = None) -> UnderFileSystem:
+            return OriginLimitedUfs(ufs, limits.origin(ufs.uri, override))
 
         def meta(ufs: UnderFileSystem, ttl: float | None = None) -> UnderFileSystem:
             if not cc.enabled:
@@ -116,14 +124,14 @@ class Gateway:
             Mount(
                 m.bucket,
                 m.prefix,
-                meta(open_ufs(m.uri, m.options), m.metadata_ttl),
+                meta(origin(open_ufs(m.uri, m.options), m.origin_limit), m.metadata_ttl),
                 MountSource(m.uri, m.options),
             )
             for m in config.mounts
         ]
-        root = (
-            open_ufs(config.bucket_root, config.bucket_root_options) if config.bucket_root else None
-        )
+        root = None
+        if config.bucket_root:
+            root = origin(open_ufs(config.bucket_root, config.bucket_root_options))
         blocks = None
         if cc.enabled:
             store = BlockStore(config.cache_dir / "blocks", cc.capacity)
@@ -140,7 +148,8 @@ class Gateway:
         root_source = None
         if config.bucket_root:
             root_source = MountSource(config.bucket_root, config.bucket_root_options)
-        return cls(config, MountTable(mounts, root, wrap=meta, root_source=root_source), blocks)
+        table = MountTable(mounts, root, wrap=meta, root_source=root_source)
+        return cls(config, table, blocks, limits=limits)
 
     async def close(self) -> None:
         await self.writes.close()

@@ -6,14 +6,18 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Callable
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 
 from unionstore import config as config_module
 from unionstore.config import Config
+from unionstore.errors import UnionstoreError
 from unionstore.gateway import Gateway
 from unionstore.s3.app import S3App
+
+log = logging.getLogger("unionstore.server")
 
 
 def hypercorn_config(cfg: Config) -> HypercornConfig:
@@ -28,13 +32,33 @@ def hypercorn_config(cfg: Config) -> HypercornConfig:
     return hc
 
 
-async def run(cfg: Config) -> None:
+Reload = Callable[[], Config]
+
+
+async def run(cfg: Config, reload: Reload | None = None) -> None:
     gateway = Gateway.from_config(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, _reloader(gateway, reload))
     await serve(S3App(gateway), hypercorn_config(cfg), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+
+
+def _reloader(gateway: Gateway, reload: Reload) -> Callable[[], None]:
+    """SIGHUP: read the configuration again and apply what can change live (the limits)."""
+
+    def on_sighup() -> None:
+        try:
+            fresh = reload()
+        except UnionstoreError as exc:
+            log.error("SIGHUP: configuration not reloaded: %s", exc.message)
+            return
+        gateway.limits.apply(fresh.limits)
+        log.info("SIGHUP: limits reloaded: %s", fresh.limits)
+
+    return on_sighup
 
 
 CONFIG_ENV = "UNIONSTORE_RESOLVED_CONFIG"
@@ -45,7 +69,7 @@ def app_from_env() -> S3App:
     return S3App(Gateway.from_config(config_module.from_json(os.environ[CONFIG_ENV])))
 
 
-def main(cfg: Config) -> None:
+def main(cfg: Config, reload: Reload | None = None) -> None:
     """Serve until SIGINT/SIGTERM. With ``workers`` > 1, hypercorn runs that many worker
     processes on one socket; they share the on-disk block cache and its fill leases."""
     if cfg.workers > 1:
@@ -60,4 +84,4 @@ def main(cfg: Config) -> None:
         return
     import uvloop
 
-    uvloop.run(run(cfg))
+    uvloop.run(run(cfg, reload))

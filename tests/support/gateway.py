@@ -151,6 +151,18 @@ class GatewayProcess:
             config=Config(retries={"max_attempts": 1}, **config),
         )
 
+    def admin(self, method: str, action: str, **params: str) -> dict[str, Any]:
+        """Call the admin API (``/_unionstore/v1/ACTION``) with the admin key."""
+        import asyncio
+
+        from unionstore.admin_client import AdminClient
+
+        async def call() -> dict[str, Any]:
+            async with AdminClient(self.endpoint, ADMIN_KEY, ADMIN_SECRET) as client:
+                return await client.call(method, action, **params)
+
+        return asyncio.run(call())
+
     def __enter__(self) -> GatewayProcess:
         return self.start()
 

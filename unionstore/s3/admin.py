@@ -7,6 +7,11 @@ admin key.
 | POST | /_unionstore/v1/invalidate | bucket, prefix, data=false | drop cached metadata/blocks |
 | POST | /_unionstore/v1/warm | bucket, key | fill every block of one object |
 | GET  | /_unionstore/v1/stats | | cache statistics as JSON |
+| GET  | /_unionstore/v1/limits | | the rate limits in force |
+| POST | /_unionstore/v1/limits | see below | change limits live |
+
+``POST limits`` takes any of global, per_connection, per_key, requests_per_key, max_in_flight and
+origin, with rates like ``50MB/s``, ``100/s`` or ``unlimited``.
 
 Unauthenticated: ``GET /metrics`` (Prometheus) and ``GET /_unionstore/health``.
 """
@@ -18,8 +23,10 @@ from collections.abc import Mapping
 
 from starlette.responses import Response
 
+from unionstore.config import limits_from
 from unionstore.errors import AccessDenied, InvalidArgument, MethodNotAllowed, NotFound
 from unionstore.gateway import Gateway, Principal
+from unionstore.ratelimit import format_rate
 
 PREFIX = "/_unionstore/v1/"
 
@@ -38,6 +45,12 @@ async def handle(
     if not who.admin:
         raise AccessDenied("The admin API needs an admin key")
     action = path[len(PREFIX) :]
+    if action == "limits":
+        if method == "POST":
+            gw.limits.apply(limits_from(dict(query), gw.limits.config))
+        elif method != "GET":
+            raise MethodNotAllowed()
+        return _json(limits_json(gw))
     if action == "stats":
         if method != "GET":
             raise MethodNotAllowed()
@@ -58,6 +71,19 @@ async def handle(
         raise InvalidArgument("key is required")
     obj = await gw.warm(bucket, key)
     return _json({"bucket": bucket, "key": key, "size": obj.size, "etag": obj.etag})
+
+
+def limits_json(gw: Gateway) -> dict[str, object]:
+    c = gw.limits.config
+    return {
+        "global": format_rate(c.global_egress),
+        "per_connection": format_rate(c.per_connection),
+        "per_key": format_rate(c.per_key),
+        "requests_per_key": format_rate(c.requests_per_key, unit=""),
+        "max_in_flight": c.max_in_flight,
+        "origin": format_rate(c.origin),
+        "origins": {o: format_rate(b.rate) for o, b in gw.limits.origins.items()},
+    }
 
 
 def stats(gw: Gateway) -> dict[str, object]:

@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, unquote
 
 from starlette.datastructures import Headers
 from starlette.responses import PlainTextResponse, Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from unionstore.errors import (
     ClientError,
@@ -30,6 +30,7 @@ from unionstore.errors import (
     UnionstoreError,
 )
 from unionstore.gateway import Gateway
+from unionstore.limits import Limits
 from unionstore.s3 import admin, xml
 from unionstore.s3 import operations as ops
 from unionstore.s3 import write_ops as writes
@@ -83,6 +84,22 @@ def _route(method: str, bucket: str | None, key: str | None, query: Mapping[str,
 
 async def _head_object(gw: Gateway, call: S3Call) -> Response:
     return await ops.get_object(gw, call, head=True)
+
+
+def _egress_limited(
+    send: Send, limits: Limits, client: tuple[str, int] | None, who: list[str | None]
+) -> Send:
+    """``send`` that charges every response body byte to the egress limits first."""
+    connection = (client[0], client[1]) if client else None
+
+    async def limited(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            n = len(message.get("body", b""))
+            if n:
+                await limits.egress(connection, who[0], n)
+        await send(message)
+
+    return limited
 
 
 class _Body:
@@ -152,8 +169,15 @@ class S3App:
         head = scope["method"] == "HEAD"
         op = "unknown"
         body = _Body(receive)
+        limits = self.gateway.limits
+        who: list[str | None] = [None]  # the access key, once authenticated
+        if limits.egress_limited:
+            send = _egress_limited(send, limits, scope.get("client"), who)
+        entered = False
         try:
-            op, response = await self._handle(scope, body)
+            limits.enter()
+            entered = True
+            op, response = await self._handle(scope, body, who)
         except UnionstoreError as err:
             response = render_error(err, request_id, head=head, path=scope.get("path", ""))
             await body.drain()
@@ -166,11 +190,15 @@ class S3App:
         try:
             await response(scope, receive, send)
         finally:
+            if entered:
+                limits.leave()
             self.gateway.metrics.requests.observe(
                 op, response.status_code, time.monotonic() - started
             )
 
-    async def _handle(self, scope: Scope, body: _Body) -> tuple[str, Response]:
+    async def _handle(
+        self, scope: Scope, body: _Body, who: list[str | None]
+    ) -> tuple[str, Response]:
         """(operation name, response) for one request."""
         raw_path_b: bytes = scope.get("raw_path") or scope["path"].encode()
         raw_path = raw_path_b.decode("latin-1").partition("?")[0]
@@ -196,6 +224,8 @@ class S3App:
         )
         result = authenticate(signed, self.gateway.secret_for)
         principal = self.gateway.principal(result.access_key)
+        who[0] = principal.access_key
+        self.gateway.limits.admit(principal.access_key)
         if raw_path.startswith(admin.PREFIX):
             response = await admin.handle(self.gateway, scope["method"], raw_path, query, principal)
             return "admin", response
