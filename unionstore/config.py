@@ -97,6 +97,7 @@ class CacheConfig:
     fill_per_file: int = 4
     fill_queue: int = 4096
     readahead_blocks: int = 4
+    memory: int = 64 << 20  # a memory tier for small blocks, above the disk
 
 
 _CACHE_PARSERS: dict[str, Any] = {
@@ -110,6 +111,7 @@ _CACHE_PARSERS: dict[str, Any] = {
     "fill_per_file": int,
     "fill_queue": int,
     "readahead_blocks": int,
+    "memory": parse_size,
 }
 
 

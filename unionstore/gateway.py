@@ -144,6 +144,7 @@ class Gateway:
                 fill_per_file=cc.fill_per_file,
                 max_queued=cc.fill_queue,
                 readahead_blocks=cc.readahead_blocks,
+                memory_capacity=cc.memory,
             )
         root_source = None
         if config.bucket_root:
@@ -231,7 +232,8 @@ class Gateway:
             token=token,
             max_keys=max_keys,
         )
-        page.etags = await self.listed_etags(mounts, page)
+        if page.etags is None:  # a page served again from the page cache keeps its ETags
+            page.etags = await self.listed_etags(mounts, page)
         return page
 
     async def stat_object(self, bucket: str, key: str, *, fresh: bool = False) -> ObjectInfo:

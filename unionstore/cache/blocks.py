@@ -88,6 +88,7 @@ class BlockCache:
         max_queued: int = 4096,
         readahead_blocks: int = 4,
         max_files: int = 10_000,
+        memory_capacity: int = 64 << 20,
     ) -> None:
         self.store = store
         self.coordinator = coordinator
@@ -105,6 +106,11 @@ class BlockCache:
         self.queued = 0
         self.active = 0
         self.stats: dict[str, CacheStats] = {}
+        # a small memory tier above the disk for small blocks (objects smaller than a block):
+        # many small-object reads would otherwise each cost a store lookup and a file read
+        self.memory_capacity = memory_capacity
+        self._memory: OrderedDict[str, bytes] = OrderedDict()
+        self._memory_bytes = 0
 
     def stats_for(self, mount: str) -> CacheStats:
         stats = self.stats.get(mount)
@@ -159,6 +165,17 @@ class BlockCache:
         """Drop the in-memory state of files under ``file_id_prefix`` (after invalidation)."""
         for k in [k for k in self._files if k[0].startswith(file_id_prefix)]:
             del self._files[k]
+        for key in [k for k in self._memory if k.startswith(file_id_prefix)]:
+            self._memory_bytes -= len(self._memory.pop(key))
+
+    def _remember(self, key: str, data: bytes) -> None:
+        if len(data) > self.memory_capacity // 64 or key in self._memory:
+            return
+        self._memory[key] = data
+        self._memory_bytes += len(data)
+        while self._memory_bytes > self.memory_capacity:
+            _, old = self._memory.popitem(last=False)
+            self._memory_bytes -= len(old)
 
     # -- internals -------------------------------------------------------------------------
     def _state(self, fv: FileVersion) -> _FileState:
@@ -263,11 +280,17 @@ class BlockCache:
         stats = self.stats_for(fv.mount)
         key = self._key(fv, i)
         want = self._length(fv, i)
+        data = self._memory.get(key)
+        if data is not None:
+            self._memory.move_to_end(key)
+            stats.hits += 1
+            return data
         if key not in self._inflight:
             data = await asyncio.to_thread(self.store.get, key)
             if data is not None and len(data) == want:
                 state.present[i] = 1
                 stats.hits += 1
+                self._remember(key, data)
                 return data
             if state.present[i]:
                 state.present[i] = 0  # evicted since we saw it

@@ -51,7 +51,8 @@ class Page:
     is_truncated: bool
     next_token: str | None = None
     last_key: str | None = None
-    etags: dict[str, str] = field(default_factory=dict)  # key -> ETag stored by the gateway
+    #: key -> ETag stored by the gateway (None until the gateway looked them up)
+    etags: dict[str, str] | None = None
 
     @property
     def contents(self) -> list[Entry]:

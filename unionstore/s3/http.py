@@ -13,6 +13,7 @@ Semantics follow RFC 9110 as S3 applies them:
 from __future__ import annotations
 
 import email.utils
+import functools
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
@@ -49,13 +50,18 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return first, min(last, size - 1)
 
 
+@functools.lru_cache(maxsize=65536)
 def http_date(ns: int) -> str:
     return email.utils.formatdate(ns / 1e9, usegmt=True)
 
 
+@functools.lru_cache(maxsize=65536)
 def iso_date(ns: int) -> str:
     dt = datetime.fromtimestamp(ns / 1e9, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+CONDITIONS = ("match", "none-match", "modified-since", "unmodified-since")
 
 
 def _parse_date(value: str | None) -> float | None:

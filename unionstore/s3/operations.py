@@ -22,6 +22,7 @@ from unionstore.s3.streaming import ObjectStream
 
 XML = "application/xml"
 MAX_KEYS_LIMIT = 1000
+SMALL_BODY = 256 * 1024
 
 #: bucket sub-resources a client may ask for that this gateway does not implement
 UNSUPPORTED_BUCKET_SUBRESOURCES = frozenset(
@@ -217,4 +218,7 @@ async def get_object(gw: Gateway, call: S3Call, *, head: bool = False) -> Respon
     headers["content-length"] = str(length)
     if head or length == 0:
         return Response(status_code=status, headers=headers)
+    if length <= SMALL_BODY:  # one send, no streaming machinery: small objects are frequent
+        body = b"".join([chunk async for chunk in gw.read_object(obj, first, length)])
+        return Response(body, status_code=status, headers=headers)
     return ObjectStream(gw.read_object(obj, first, length), status, headers)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
 from unionstore.namespace.etag import etag_of
-from unionstore.namespace.listing import Entry, Page
+from unionstore.namespace.listing import Page
 from unionstore.s3.http import iso_date
+from unionstore.ufs.base import FileStatus
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 HEAD = '<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -47,15 +49,16 @@ def _encoder(encoding_type: str | None) -> Callable[[str], str]:
     return lambda s: s
 
 
-def _contents(entry: Entry, enc: Callable[[str], str], fetch_owner: bool, etag: str | None) -> str:
-    st = entry.status
-    assert st is not None
+@functools.lru_cache(maxsize=100_000)
+def _contents(key: str, st: FileStatus, etag: str | None, url: bool, fetch_owner: bool) -> str:
+    """One ``<Contents>`` element; cached, since the same entries are listed again and again."""
     owner = ""
     if fetch_owner:
         name = st.owner or "unionstore"
         owner = f"<Owner>{_el('ID', name)}{_el('DisplayName', name)}</Owner>"
+    shown = quote(key, safe="/") if url else key
     return (
-        f"<Contents>{_el('Key', enc(entry.key))}{_el('LastModified', iso_date(st.mtime_ns))}"
+        f"<Contents>{_el('Key', shown)}{_el('LastModified', iso_date(st.mtime_ns))}"
         f"{_el('ETag', etag or etag_of(st))}{_el('Size', st.size)}{owner}"
         "<StorageClass>STANDARD</StorageClass></Contents>"
     )
@@ -89,7 +92,7 @@ def list_objects_v2(
     parts.append(_el("IsTruncated", "true" if page.is_truncated else "false"))
     if page.next_token:
         parts.append(_el("NextContinuationToken", page.next_token))
-    _entries(parts, page, enc, fetch_owner)
+    _entries(parts, page, enc, fetch_owner, encoding_type == "url")
     parts.append("</ListBucketResult>")
     return "".join(parts).encode()
 
@@ -116,18 +119,22 @@ def list_objects_v1(
     parts.append(_el("IsTruncated", "true" if page.is_truncated else "false"))
     if page.is_truncated and page.last_key is not None:
         parts.append(_el("NextMarker", enc(page.last_key)))
-    _entries(parts, page, enc, True)
+    _entries(parts, page, enc, True, encoding_type == "url")
     parts.append("</ListBucketResult>")
     return "".join(parts).encode()
 
 
-def _entries(parts: list[str], page: Page, enc: Callable[[str], str], owner: bool) -> None:
+def _entries(
+    parts: list[str], page: Page, enc: Callable[[str], str], owner: bool, url: bool
+) -> None:
     prefixes = []
+    etags = page.etags or {}
     for entry in page.entries:
         if entry.is_prefix:
             prefixes.append(f"<CommonPrefixes>{_el('Prefix', enc(entry.key))}</CommonPrefixes>")
         else:
-            parts.append(_contents(entry, enc, owner, page.etags.get(entry.key)))
+            assert entry.status is not None
+            parts.append(_contents(entry.key, entry.status, etags.get(entry.key), url, owner))
     parts.extend(prefixes)
 
 
