@@ -24,6 +24,8 @@ step "system packages"
 APT_PACKAGES=(fuse3 libfuse3-dev pkg-config rclone s3fs mariadb-server iperf3 git)
 missing=()
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -80,6 +82,18 @@ fi
 # ---- 3. Hadoop jars ----------------------------------------------------------------------
 step "Hadoop jars"
 "$PY" -m tests.support.hadoop
+
+# ---- 3b. the JavaScript SDK the suite drives ----------------------------------------------
+step "JavaScript SDK (tests/js)"
+JS_STAMP="tests/js/node_modules/.unionstore-stamp"
+js_want=$(sha256sum tests/js/package.json tests/js/package-lock.json | sha256sum | cut -d' ' -f1)
+if [[ -f $JS_STAMP && $(cat "$JS_STAMP") == "$js_want" ]]; then
+    note "up to date"
+else
+    (cd tests/js && npm ci --no-audit --no-fund --loglevel=error </dev/null)
+    echo "$js_want" >"$JS_STAMP"
+    note "installed"
+fi
 
 # ---- 4. lint, types, tests ---------------------------------------------------------------
 step "ruff check"
