@@ -63,6 +63,30 @@ def cgw(
         yield gw
 
 
+def cache_cli(
+    gw: GatewayProcess, access: str, secret: str, *args: str
+) -> subprocess.CompletedProcess[bytes]:
+    """``unionstore cache ARGS`` against ``gw`` with the given key."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "unionstore.cli",
+            "cache",
+            *args,
+            "--endpoint",
+            gw.endpoint,
+            "--access-key",
+            access,
+            "--secret-key",
+            secret,
+        ],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def metric(gw: GatewayProcess, name: str, **labels: str) -> float:
     text = httpx.get(gw.endpoint + "/metrics").text
     want = ",".join(f'{k}="{v}"' for k, v in labels.items())
@@ -134,25 +158,7 @@ def test_rewritten_file_is_read_whole_and_new_after_refresh(
     )
     assert fresh.content == new
     write_hdfs(hdfs, f"{hroot}/weights.bin", old[: 3 * MiB])
-    cli = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "unionstore.cli",
-            "cache",
-            "invalidate",
-            "s3://cached/weights",
-            "--endpoint",
-            cgw.endpoint,
-            "--access-key",
-            ADMIN_KEY,
-            "--secret-key",
-            ADMIN_SECRET,
-        ],
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+    cli = cache_cli(cgw, ADMIN_KEY, ADMIN_SECRET, "invalidate", "s3://cached/weights")
     assert cli.returncode == 0, cli.stderr
     assert s3.get_object(Bucket="cached", Key="weights.bin")["Body"].read() == old[: 3 * MiB]
 
@@ -174,43 +180,9 @@ def test_deleted_file_disappears_after_invalidation(
 
 
 def test_admin_api_needs_an_admin_key(cgw: GatewayProcess) -> None:
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "unionstore.cli",
-            "cache",
-            "stats",
-            "--endpoint",
-            cgw.endpoint,
-            "--access-key",
-            READER_KEY,
-            "--secret-key",
-            READER_SECRET,
-        ],
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+    r = cache_cli(cgw, READER_KEY, READER_SECRET, "stats")
     assert r.returncode == 1 and b"403" in r.stderr
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "unionstore.cli",
-            "cache",
-            "stats",
-            "--endpoint",
-            cgw.endpoint,
-            "--access-key",
-            ADMIN_KEY,
-            "--secret-key",
-            ADMIN_SECRET,
-        ],
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+    r = cache_cli(cgw, ADMIN_KEY, ADMIN_SECRET, "stats")
     assert r.returncode == 0 and b'"blocks"' in r.stdout
 
 
