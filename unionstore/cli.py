@@ -144,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     _serve_parser(sub)
     _cache_parser(sub)
+    from unionstore.prefetch.cli import add_parsers as add_prefetch
+
+    add_prefetch(sub)
+    from unionstore.fuse.cli import add_parsers as add_mount
+
+    add_mount(sub)
     return parser
 
 
@@ -161,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
             return serve(args)
         if args.command == "cache":
             return cache_command(args)
+        func = getattr(args, "func", None)
+        if func is not None:
+            return int(func(args))
     except ConfigError as exc:
         print(f"unionstore: {exc.message}", file=sys.stderr)
         return 2
