@@ -272,3 +272,23 @@ def test_worker_processes_share_fills_over_hdfs(
             what="DataNode BytesRead to move",
         )
         assert delta <= 1.05 * len(data)  # two workers, eight readers, one copy
+
+
+def test_exact_invalidation_spares_neighbours_and_warm_reports(
+    cgw: GatewayProcess, hdfs: HdfsCluster, hroot: str
+) -> None:
+    write_hdfs(hdfs, f"{hroot}/m1/model", b"a" * (2 * MiB))
+    write_hdfs(hdfs, f"{hroot}/m1/model.bin", b"b" * (3 * MiB))
+    for key, blocks in (("m1/model", 2), ("m1/model.bin", 3)):
+        warmed = cgw.admin("POST", "warm", bucket="cached", key=key)
+        assert warmed["complete"] is True and warmed["present"] == blocks == warmed["blocks"]
+    cgw.admin("POST", "invalidate", bucket="cached", prefix="m1/model", data="true", exact="true")
+    before = ufs_bytes(cgw)
+    assert cgw.client().get_object(Bucket="cached", Key="m1/model.bin")["Body"].read() == b"b" * (
+        3 * MiB
+    )
+    assert ufs_bytes(cgw) == before  # the neighbour kept its blocks
+    assert cgw.client().get_object(Bucket="cached", Key="m1/model")["Body"].read() == b"a" * (
+        2 * MiB
+    )
+    assert ufs_bytes(cgw) == before + 2 * MiB  # the invalidated one was read again

@@ -19,7 +19,11 @@ from unionstore.errors import ServiceUnavailable, UnionstoreError
 
 
 class AdminError(UnionstoreError):
-    """The gateway answered an admin call with an error."""
+    """The gateway answered an admin call with an error (``http_status`` says which)."""
+
+    def __init__(self, message: str, *, http_status: int) -> None:
+        super().__init__(message)
+        self.http_status = http_status
 
 
 class AdminClient:
@@ -60,16 +64,18 @@ class AdminClient:
         except httpx.HTTPError as exc:
             raise ServiceUnavailable(f"gateway {self.endpoint} unreachable: {exc}") from None
         if resp.status_code >= 400:
-            raise AdminError(f"{self.endpoint}: HTTP {resp.status_code}: {resp.text.strip()}")
+            raise AdminError(
+                f"{self.endpoint}: HTTP {resp.status_code}: {resp.text.strip()}",
+                http_status=resp.status_code,
+            )
         result: dict[str, Any] = json.loads(resp.text)
         return result
 
     async def invalidate(
-        self, bucket: str, prefix: str = "", *, data: bool = False
+        self, bucket: str, prefix: str = "", *, data: bool = False, exact: bool = False
     ) -> dict[str, Any]:
-        return await self.call(
-            "POST", "invalidate", bucket=bucket, prefix=prefix, data="true" if data else "false"
-        )
+        flags = {"data": str(data).lower(), "exact": str(exact).lower()}
+        return await self.call("POST", "invalidate", bucket=bucket, prefix=prefix, **flags)
 
     async def warm(self, bucket: str, key: str) -> dict[str, Any]:
         return await self.call("POST", "warm", bucket=bucket, key=key)

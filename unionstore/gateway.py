@@ -291,38 +291,49 @@ class Gateway:
         return self.blocks.read(obj.version(), fetch, offset, length, whole=whole)
 
     # -- cache control (admin API, prefetch daemon) -----------------------------------------
-    async def invalidate(self, bucket: str, prefix: str = "", *, data: bool = False) -> int:
-        """Drop cached metadata (and with ``data``, cached blocks) of keys under ``prefix``."""
+    async def invalidate(
+        self, bucket: str, prefix: str = "", *, data: bool = False, exact: bool = False
+    ) -> int:
+        """Drop cached metadata (and with ``data``, cached blocks) of keys under ``prefix``;
+        with ``exact``, only of the key ``prefix`` itself and keys below ``prefix/``."""
         dropped = 0
         mounts = await self.mounts.mounts_for(bucket)
         self.lister.forget(bucket)
         for mount in _covering(mounts, prefix):
             rel = prefix[len(mount.prefix) :] if prefix.startswith(mount.prefix) else ""
             if isinstance(mount.ufs, MetadataCachingUfs):
-                dropped += mount.ufs.invalidate_prefix(rel) if rel else mount.ufs.invalidate("")
+                if not rel:
+                    dropped += mount.ufs.invalidate("")
+                elif exact:
+                    dropped += mount.ufs.invalidate(rel.rstrip("/"), recursive=True)
+                else:
+                    dropped += mount.ufs.invalidate_prefix(rel)
                 parent = rel.rstrip("/").rpartition("/")[0]
-                mount.ufs.invalidate(parent, recursive=False) if parent else None
+                if parent:
+                    mount.ufs.invalidate(parent, recursive=False)
             if data and self.blocks is not None:
-                file_prefix = f"{mount.ufs.uri.rstrip('/')}/{rel}"
-                self.blocks.forget(file_prefix)
-                dropped += self.blocks.store.evict_where(file_prefix)
-        if self.mounts.root_view is not None and isinstance(
-            self.mounts.root_view, MetadataCachingUfs
-        ):
+                base = f"{mount.ufs.uri.rstrip('/')}/{rel}"
+                scopes = [base.rstrip("/") + "\x00", base.rstrip("/") + "/"] if exact else [base]
+                for scope in scopes:
+                    self.blocks.forget(scope.rstrip("\x00"), exact=scope.endswith("\x00"))
+                    dropped += self.blocks.store.evict_where(scope)
+        if isinstance(self.mounts.root_view, MetadataCachingUfs):
             self.mounts.root_view.invalidate(bucket, recursive=False)
         return dropped
 
-    async def warm(self, bucket: str, key: str) -> ObjectInfo:
-        """Fill every block of one object (fresh metadata first)."""
+    async def warm(self, bucket: str, key: str) -> tuple[ObjectInfo, int, int]:
+        """Fill every block of one object (fresh metadata first): (object, blocks present,
+        blocks in all)."""
         obj = await self.stat_object(bucket, key, fresh=True)
-        if self.blocks is not None:
-            ufs, path = obj.target.mount.ufs, obj.target.path
+        if self.blocks is None:
+            return obj, 0, 0
+        ufs, path = obj.target.mount.ufs, obj.target.path
 
-            async def fetch(off: int, n: int) -> bytes:
-                return await ufs.read_block(path, off, n)
+        async def fetch(off: int, n: int) -> bytes:
+            return await ufs.read_block(path, off, n)
 
-            await self.blocks.warm(obj.version(), fetch)
-        return obj
+        present = await self.blocks.warm(obj.version(), fetch)
+        return obj, present, self.blocks.blocks_of(obj.size)
 
     def _cache_samples(self) -> Iterable[Sample]:
         for mount in self.mounts.all_mounts():

@@ -161,12 +161,21 @@ class BlockCache:
         )
         return sum(state.present)
 
-    def forget(self, file_id_prefix: str) -> None:
-        """Drop the in-memory state of files under ``file_id_prefix`` (after invalidation)."""
-        for k in [k for k in self._files if k[0].startswith(file_id_prefix)]:
+    def forget(self, file_id_prefix: str, *, exact: bool = False) -> None:
+        """Drop the in-memory state of files under ``file_id_prefix`` (after invalidation);
+        with ``exact``, of that one file only."""
+        for k in [
+            k
+            for k in self._files
+            if k[0] == file_id_prefix or (not exact and k[0].startswith(file_id_prefix))
+        ]:
             del self._files[k]
-        for key in [k for k in self._memory if k.startswith(file_id_prefix)]:
+        prefix = file_id_prefix + "\x00" if exact else file_id_prefix
+        for key in [k for k in self._memory if k.startswith(prefix)]:
             self._memory_bytes -= len(self._memory.pop(key))
+
+    def blocks_of(self, size: int) -> int:
+        return max(1, -(-size // self.block_size))
 
     def _remember(self, key: str, data: bytes) -> None:
         if len(data) > self.memory_capacity // 64 or key in self._memory:

@@ -465,7 +465,8 @@ class Daemon:
                 if slot.invalidate:
                     data, waiters = slot.data, slot.inv_waiters
                     slot.invalidate, slot.data, slot.inv_waiters = False, False, []
-                    if all(await self.delivery.invalidate(t.bucket, t.key, data)):
+                    # exact: the key and what is under "key/", not "key.bin" beside it
+                    if all(await self.delivery.invalidate(t.bucket, t.key, data, exact=True)):
                         self.metrics.invalidated.inc()
                     self._observe(self.metrics.invalidate_lag, [tk for tk, _ in waiters])
                     for tk, fut in waiters:

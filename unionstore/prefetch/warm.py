@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import random
-import re
 import sys
 import time
 import xml.etree.ElementTree as ET
@@ -43,8 +42,9 @@ Observer = Callable[[str, str, str], None]  # (action, result, gateway)
 
 
 def _status(exc: Exception) -> int | None:
-    m = re.search(r"HTTP (\d{3})", str(exc))
-    return int(m.group(1)) if m else None
+    if isinstance(exc, AdminError):
+        return exc.http_status
+    return exc.status if isinstance(exc, ServiceUnavailable) else None
 
 
 class Delivery:
@@ -69,8 +69,12 @@ class Delivery:
         for c in self.clients:
             await c.close()
 
-    async def invalidate(self, bucket: str, prefix: str, data: bool) -> list[dict[str, Any] | None]:
-        return await self._each("invalidate", lambda c: c.invalidate(bucket, prefix, data=data))
+    async def invalidate(
+        self, bucket: str, prefix: str, data: bool, *, exact: bool = False
+    ) -> list[dict[str, Any] | None]:
+        return await self._each(
+            "invalidate", lambda c: c.invalidate(bucket, prefix, data=data, exact=exact)
+        )
 
     async def warm(self, bucket: str, key: str) -> list[dict[str, Any] | None]:
         return await self._each("warm", lambda c: c.warm(bucket, key))
@@ -192,7 +196,8 @@ class S3Lister:
                 raise ServiceUnavailable(f"gateway {self.endpoint} unreachable: {exc}") from None
             if resp.status_code != 200:
                 raise AdminError(
-                    f"list s3://{bucket}/{prefix}: HTTP {resp.status_code}: {resp.text}"
+                    f"list s3://{bucket}/{prefix}: HTTP {resp.status_code}: {resp.text}",
+                    http_status=resp.status_code,
                 )
             root = ET.fromstring(resp.content)
             for c in root.iter(f"{S3NS}Contents"):

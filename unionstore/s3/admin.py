@@ -4,8 +4,8 @@ admin key.
 
 | method | path | query | does |
 |---|---|---|---|
-| POST | /_unionstore/v1/invalidate | bucket, prefix, data=false | drop cached metadata/blocks |
-| POST | /_unionstore/v1/warm | bucket, key | fill every block of one object |
+| POST | /_unionstore/v1/invalidate | bucket, prefix, data, exact | drop cached metadata/blocks |
+| POST | /_unionstore/v1/warm | bucket, key | fill every block; 503 if some failed |
 | GET  | /_unionstore/v1/stats | | cache statistics as JSON |
 | GET  | /_unionstore/v1/limits | | the rate limits in force |
 | POST | /_unionstore/v1/limits | see below | change limits live |
@@ -64,13 +64,24 @@ async def handle(
         raise InvalidArgument("bucket is required")
     if action == "invalidate":
         prefix = query.get("prefix", "")
-        dropped = await gw.invalidate(bucket, prefix, data=_flag(query, "data"))
+        dropped = await gw.invalidate(
+            bucket, prefix, data=_flag(query, "data"), exact=_flag(query, "exact")
+        )
         return _json({"bucket": bucket, "prefix": prefix, "dropped": dropped})
     key = query.get("key")
     if not key:
         raise InvalidArgument("key is required")
-    obj = await gw.warm(bucket, key)
-    return _json({"bucket": bucket, "key": key, "size": obj.size, "etag": obj.etag})
+    obj, present, blocks = await gw.warm(bucket, key)
+    result = {
+        "bucket": bucket,
+        "key": key,
+        "size": obj.size,
+        "etag": obj.etag,
+        "blocks": blocks,
+        "present": present,
+        "complete": present == blocks,
+    }
+    return _json(result, status=200 if present == blocks else 503)
 
 
 def limits_json(gw: Gateway) -> dict[str, object]:
