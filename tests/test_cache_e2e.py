@@ -218,7 +218,7 @@ def test_kill_9_mid_fill_leaves_no_torn_block(
     finally:
         gw.stop()
     gw2 = GatewayProcess(config, workdir=tmp_path)
-    with gw2.start():
+    with gw2:
         assert gw2.client().get_object(Bucket="cached", Key="crash.bin")["Body"].read() == data
         # and once more, now entirely from the cache
         before = ufs_bytes(gw2)

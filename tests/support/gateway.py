@@ -89,6 +89,8 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> GatewayProcess:
+        if self.proc is not None and self.proc.poll() is None:
+            return self  # already running (``with gw.start():`` must not start a second one)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "unionstore.cli", "serve", "--config", str(self.config_path)],
