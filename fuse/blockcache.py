@@ -1,0 +1,374 @@
+"""Reads: serve ``read(offset, size)`` of one object version from blocks, fetching missing
+blocks with range GETs and keeping them in RAM (recent) and on disk (``DiskBlocks``).
+
+Design (after juicefs ``prefetch.go`` and mountpoint-s3's prefetcher):
+
+- Each open file handle has an :class:`AccessPattern`. Reads that continue one another
+  (give or take the kernel's reordering of its own read-ahead) for ``SEQ_RUN`` bytes make a
+  *sequential* reader; anything else is *random*. A handle's first read at offset 0 uses a
+  large block too (whole-file readers start there: a small file is one GET), but gets no
+  read-ahead until the run confirms the pattern.
+- Sequential readers use large blocks (``block_size``, default 4 MiB) and get read-ahead:
+  background GETs of the next blocks, a window as large as the run read so far (rounded
+  down to a power of two blocks, up to ``readahead_blocks``), so a reader that stops early
+  or jumps wastes little. Read-ahead is a bounded queue: it skips blocks present
+  or in flight and is dropped when the queue is full; a demanded block is never dropped.
+- Random readers get no read-ahead and small blocks (``small_block_size``, default 8 KiB),
+  each missing run of them fetched with one GET: a 4 KiB read fetches one small block, a
+  128 KiB read at most one small block more than it asked for. A large block already
+  cached is used for random reads too (only the asked-for range is read from disk).
+- Concurrent misses of one block are merged (one GET, every reader awaits it); blocks go to a
+  small RAM LRU at once and to disk in the background.
+- Read amplification = bytes fetched / bytes returned to the kernel, per pattern, reported by
+  :meth:`BlockCache.statistics` (read-ahead counts as sequential).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from unionstore.fuse.diskblocks import DiskBlocks, block_key
+from unionstore.fuse.s3errors import S3Error
+
+log = logging.getLogger("unionstore.fuse.cache")
+
+Fetch = Callable[[int, int], Awaitable[bytes]]
+T = TypeVar("T")
+SEQ_AHEAD = 256 << 10  # a read this far past the last one still continues it
+SEQ_BEHIND = 2 << 20  # the kernel's async read-ahead may arrive a little out of order
+SEQ_RUN = 512 << 10  # bytes read in one run before a reader counts as sequential
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectVersion:
+    file_id: str  # endpoint/bucket/key
+    version: str  # ETag and size
+    size: int
+
+
+class AccessPattern:
+    """Sequential or random, per open file handle.
+
+    A *run* is a series of reads each continuing the previous one (within a little
+    reordering). A reader is sequential once its run covers ``SEQ_RUN`` bytes: random reads
+    that happen to touch (the kernel splits one read around pages it already holds) never
+    make a run that long. The first read of a handle at offset 0 is treated as sequential
+    (whole-file readers start there; a small file is one GET), but gets no read-ahead until
+    the run confirms it.
+    """
+
+    __slots__ = ("first", "last_end", "run_start", "window")
+
+    def __init__(self) -> None:
+        self.first = True
+        self.last_end = 0
+        self.run_start = 0
+        self.window = 0
+
+    def observe(self, offset: int, end: int, block_size: int, max_window: int) -> bool:
+        """Record a read; True if it should use large blocks. ``window`` (blocks of
+        read-ahead) grows with the run: about as much as was read in it, up to the limit."""
+        first, self.first = self.first, False
+        if not first and -SEQ_BEHIND <= offset - self.last_end <= SEQ_AHEAD:
+            self.last_end = max(end, self.last_end)
+        else:
+            self.run_start, self.last_end = offset, end
+        run = self.last_end - self.run_start
+        self.window = min(max_window, 1 << (run // block_size).bit_length() >> 1)
+        return run >= SEQ_RUN or (first and offset == 0)
+
+
+class BlockCache:
+    def __init__(
+        self,
+        disk: DiskBlocks,
+        *,
+        block_size: int = 4 << 20,
+        small_block_size: int = 8 << 10,
+        readahead_blocks: int = 8,
+        fetch_concurrency: int = 8,
+        memory_bytes: int = 64 << 20,
+    ) -> None:
+        self.disk = disk
+        self.large = block_size
+        self.small = small_block_size
+        self.readahead_blocks = readahead_blocks
+        self.memory_bytes = memory_bytes
+        self._ra_sem = asyncio.Semaphore(fetch_concurrency)
+        self._ra_keys: set[str] = set()  # read-ahead queued or running
+        self._ra_limit = 4 * fetch_concurrency
+        self._inflight: dict[str, asyncio.Future[bytes]] = {}
+        self._mem: OrderedDict[str, bytes] = OrderedDict()
+        self._mem_used = 0
+        self._unwritten: dict[str, bytes] = {}  # fetched, disk write pending
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.counts: Counter[str] = Counter()
+        # One thread each for disk reads and writes: an LRU read updates the SQLite index,
+        # and parallel readers only queue on its lock (measured: 1 thread 0.6-0.8 GB/s from a
+        # cold disk, 8 threads 0.19 GB/s).
+        self._reader = ThreadPoolExecutor(1, "diskcache-read")
+        self._writer = ThreadPoolExecutor(1, "diskcache-write")
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._reader, fn, *args)
+
+    # -- public ------------------------------------------------------------------------------
+    async def read(
+        self, obj: ObjectVersion, fetch: Fetch, offset: int, size: int, pattern: AccessPattern
+    ) -> bytes:
+        end = min(offset + size, obj.size)
+        if offset >= end:
+            return b""
+        started = time.perf_counter()
+        seq = pattern.observe(offset, end, self.large, self.readahead_blocks)
+        kind = "seq" if seq else "random"
+        if seq:
+            data = await self._read_large(obj, fetch, offset, end, pattern.window)
+        else:
+            data = await self._read_random(obj, fetch, offset, end)
+        self.counts[f"app_bytes.{kind}"] += len(data)
+        self.counts["read_us"] += int((time.perf_counter() - started) * 1e6)
+        return data
+
+    def statistics(self) -> dict[str, object]:
+        c = self.counts
+        out: dict[str, object] = dict(sorted(c.items()))
+        for kind in ("seq", "random", "all"):
+            if kind == "all":
+                fetched = c["fetched_bytes.seq"] + c["fetched_bytes.random"]
+                app = c["app_bytes.seq"] + c["app_bytes.random"]
+            else:
+                fetched, app = c[f"fetched_bytes.{kind}"], c[f"app_bytes.{kind}"]
+            out[f"read_amplification.{kind}"] = round(fetched / app, 4) if app else None
+        out["memory_bytes"] = self._mem_used
+        out["disk_bytes"] = self.disk.volume()
+        out["inflight"] = len(self._inflight)
+        out["unwritten_blocks"] = len(self._unwritten)
+        return out
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            if not task.done() and task.get_name().startswith("readahead"):
+                task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._reader.shutdown(wait=True)
+        self._writer.shutdown(wait=True)
+
+    # -- sequential --------------------------------------------------------------------------
+    async def _read_large(
+        self, obj: ObjectVersion, fetch: Fetch, offset: int, end: int, window: int
+    ) -> bytes:
+        bs = self.large
+        first, last = offset // bs, (end - 1) // bs
+        nblocks = (obj.size + bs - 1) // bs
+        for i in range(last + 1, min(nblocks, last + 1 + window)):
+            self._readahead(obj, fetch, i)
+        blocks = await asyncio.gather(
+            *(self._large_block(obj, fetch, i, "seq") for i in range(first, last + 1))
+        )
+        data = b"".join(blocks)
+        base = first * bs
+        return data[offset - base : end - base]
+
+    async def _large_block(self, obj: ObjectVersion, fetch: Fetch, i: int, kind: str) -> bytes:
+        key = block_key(obj.file_id, obj.version, self.large, i)
+        data = self._memory_get(key)
+        if data is not None:
+            self.counts["hits.memory"] += 1
+            return data
+        running = self._inflight.get(key)
+        if running is not None:
+            self.counts["hits.inflight"] += 1
+            return await asyncio.shield(running)
+        data = await self._read(self.disk.get, key)
+        if data is not None:
+            self.counts["hits.disk"] += 1
+            self._memory_put(key, data)
+            return data
+        data = self._memory_get(key)  # filled while we looked on disk?
+        if data is not None:
+            return data
+        running = self._inflight.get(key)
+        if running is None:
+            running = self._start_fetch(obj, fetch, self.large, i, [key], kind)[0]
+        return await asyncio.shield(running)
+
+    def _readahead(self, obj: ObjectVersion, fetch: Fetch, i: int) -> None:
+        key = block_key(obj.file_id, obj.version, self.large, i)
+        if key in self._ra_keys or key in self._inflight or key in self._mem:
+            return
+        if len(self._ra_keys) >= self._ra_limit:
+            self.counts["readahead.dropped"] += 1
+            return
+        self._ra_keys.add(key)
+        self.counts["readahead.queued"] += 1
+
+        async def run() -> None:
+            try:
+                async with self._ra_sem:
+                    if key in self._inflight or key in self._mem:
+                        return
+                    data = await self._read(self.disk.get, key)
+                    if data is not None:  # cached on disk: bring it to RAM ahead of the reader
+                        self.counts["readahead.from_disk"] += 1
+                        self._memory_put(key, data)
+                    elif key not in self._inflight and key not in self._mem:
+                        fut = self._start_fetch(obj, fetch, self.large, i, [key], "seq")[0]
+                        await fut
+            except Exception as exc:  # the reader will fetch on demand
+                log.debug("read-ahead of %s block %d failed: %s", obj.file_id, i, exc)
+            finally:
+                self._ra_keys.discard(key)
+
+        self._spawn(run(), "readahead")
+
+    # -- random ------------------------------------------------------------------------------
+    async def _read_random(self, obj: ObjectVersion, fetch: Fetch, offset: int, end: int) -> bytes:
+        lb = offset // self.large
+        if lb == (end - 1) // self.large:
+            data = await self._from_large(obj, lb, offset, end)
+            if data is not None:
+                return data
+        bs = self.small
+        first, last = offset // bs, (end - 1) // bs
+        keys = [block_key(obj.file_id, obj.version, bs, i) for i in range(first, last + 1)]
+        found: list[bytes | None] = [self._memory_get(k) for k in keys]
+        self.counts["hits.memory"] += sum(d is not None for d in found)
+        ask = [n for n, d in enumerate(found) if d is None and keys[n] not in self._inflight]
+        if ask:
+            on_disk = await self._read(self.disk.get_many, [keys[n] for n in ask])
+            for n, d in zip(ask, on_disk, strict=True):
+                if d is not None:
+                    found[n] = d
+                    self.counts["hits.disk"] += 1
+                    self._memory_put(keys[n], d)
+        waits: dict[int, asyncio.Future[bytes]] = {}
+        n = 0
+        while n < len(keys):  # one GET per run of missing blocks; join blocks in flight
+            if found[n] is not None:
+                n += 1
+            elif keys[n] in self._inflight:
+                waits[n] = self._inflight[keys[n]]
+                self.counts["hits.inflight"] += 1
+                n += 1
+            else:
+                stop = n
+                while stop < len(keys) and found[stop] is None and keys[stop] not in self._inflight:
+                    stop += 1
+                futs = self._start_fetch(obj, fetch, bs, first + n, keys[n:stop], "random")
+                waits.update(zip(range(n, stop), futs, strict=True))
+                n = stop
+        for m, fut in waits.items():
+            found[m] = await asyncio.shield(fut)
+        blob = b"".join(d or b"" for d in found)
+        base = first * bs
+        return blob[offset - base : end - base]
+
+    async def _from_large(self, obj: ObjectVersion, i: int, offset: int, end: int) -> bytes | None:
+        key = block_key(obj.file_id, obj.version, self.large, i)
+        base = i * self.large
+        data = self._memory_get(key) or self._unwritten.get(key)
+        if data is not None:
+            self.counts["hits.memory"] += 1
+            return data[offset - base : end - base]
+        if key in self._inflight:
+            self.counts["hits.inflight"] += 1
+            data = await asyncio.shield(self._inflight[key])
+            return data[offset - base : end - base]
+        part = await self._read(self.disk.get_range, key, offset - base, end - base)
+        if part is not None:
+            self.counts["hits.disk"] += 1
+        return part
+
+    # -- fetching ----------------------------------------------------------------------------
+    def _start_fetch(
+        self, obj: ObjectVersion, fetch: Fetch, bs: int, first: int, keys: list[str], kind: str
+    ) -> list[asyncio.Future[bytes]]:
+        """Start one GET for blocks ``first ..`` (size ``bs``) of ``keys``; each key is in
+        flight (its future registered) from now until its bytes are in RAM."""
+        loop = asyncio.get_running_loop()
+        futs: list[asyncio.Future[bytes]] = [loop.create_future() for _ in keys]
+        self._inflight.update(zip(keys, futs, strict=True))
+        self._spawn(self._run_fetch(obj, fetch, bs, first, keys, futs, kind), "fetch")
+        return futs
+
+    async def _run_fetch(
+        self,
+        obj: ObjectVersion,
+        fetch: Fetch,
+        bs: int,
+        first: int,
+        keys: list[str],
+        futs: list[asyncio.Future[bytes]],
+        kind: str,
+    ) -> None:
+        start = first * bs
+        length = min(obj.size, (first + len(keys)) * bs) - start
+        try:
+            started = time.perf_counter()
+            data = await fetch(start, length)
+            self.counts["fetch_us"] += int((time.perf_counter() - started) * 1e6)
+            if len(data) != length:
+                raise S3Error(errno.EIO, f"short read of {obj.file_id}: {len(data)} < {length}")
+            self.counts[f"fetched_bytes.{kind}"] += length
+            self.counts[f"gets.{kind}"] += 1
+            items = [(k, data[n * bs : (n + 1) * bs]) for n, k in enumerate(keys)]
+            for (k, blk), fut in zip(items, futs, strict=True):
+                self._memory_put(k, blk)
+                self._unwritten[k] = blk
+                fut.set_result(blk)
+            self._spawn(self._write(items, obj.file_id), "write")
+        except BaseException as exc:
+            for fut in futs:
+                if not fut.done():
+                    fut.set_exception(exc)
+                    fut.exception()  # mark retrieved; waiters still get it
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            for k, fut in zip(keys, futs, strict=True):
+                if self._inflight.get(k) is fut:
+                    del self._inflight[k]
+
+    async def _write(self, items: list[tuple[str, bytes]], tag: str) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self._writer, self.disk.put_many, items, tag
+            )
+        except Exception as exc:
+            log.warning("cannot store %d blocks of %s: %s", len(items), tag, exc)
+        finally:
+            for k, _ in items:
+                self._unwritten.pop(k, None)
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- RAM ---------------------------------------------------------------------------------
+    def _memory_get(self, key: str) -> bytes | None:
+        data = self._mem.get(key)
+        if data is not None:
+            self._mem.move_to_end(key)
+        return data
+
+    def _memory_put(self, key: str, data: bytes) -> None:
+        with contextlib.suppress(KeyError):
+            self._mem_used -= len(self._mem.pop(key))
+        self._mem[key] = data
+        self._mem_used += len(data)
+        while self._mem_used > self.memory_bytes and len(self._mem) > 1:
+            _, old = self._mem.popitem(last=False)
+            self._mem_used -= len(old)

@@ -1,0 +1,194 @@
+"""Mounting: from options to a running pyfuse3 session on asyncio, and back.
+
+Start-up, in order:
+
+1. A mountpoint left behind by a crashed daemon answers every call with ENOTCONN; it is
+   lazily unmounted (``fusermount3 -u -z``) so the same path can be mounted again. (A
+   mountpoint still served by a live daemon is refused.)
+2. The bucket is asked for one key, so a wrong endpoint, bucket or key fails here, with a
+   message, before anything is mounted.
+3. The block cache opens its folder: blocks fetched before a restart are served again
+   without another GET.
+4. ``pyfuse3.init`` mounts; the kernel's read-ahead for this mount is raised
+   (``/sys/class/bdi/<major>:<minor>/read_ahead_kb``) so sequential readers ask for large
+   chunks; SIGTERM/SIGINT/SIGHUP end the session cleanly: uploads nobody closed are aborted
+   and the mountpoint is unmounted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import subprocess
+import threading
+from pathlib import Path
+
+import pyfuse3
+import pyfuse3.asyncio
+
+from unionstore.fuse.blockcache import BlockCache
+from unionstore.fuse.config import MountOptions
+from unionstore.fuse.diskblocks import DiskBlocks
+from unionstore.fuse.fs import FileSystem
+from unionstore.fuse.ops import Operations
+from unionstore.fuse.s3client import S3Client
+from unionstore.fuse.s3errors import S3Error
+
+log = logging.getLogger("unionstore.fuse.mount")
+
+
+class MountError(RuntimeError):
+    pass
+
+
+def mounted_at(path: Path) -> str | None:
+    """The file system type mounted exactly at ``path`` (from /proc/self/mounts), or None."""
+    target = str(path)
+    found = None
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 2 and fields[1].replace("\\040", " ") == target:
+                found = fields[2]
+    return found
+
+
+def _probe(path: Path, timeout: float = 10.0) -> OSError | None:
+    """statfs() the mountpoint: unlike stat() it is never answered from the kernel's attribute
+    cache, so a dead daemon shows as ENOTCONN. Runs in a thread: a hung daemon never answers."""
+    result: list[OSError | None] = []
+
+    def run() -> None:
+        try:
+            os.statvfs(path)
+            result.append(None)
+        except OSError as exc:
+            result.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True, name="probe-mountpoint")
+    thread.start()
+    thread.join(timeout)
+    if not result:
+        raise MountError(f"{path} is mounted but its daemon does not answer")
+    return result[0]
+
+
+def clean_stale_mount(path: Path) -> bool:
+    """Lazily unmount a dead FUSE mount (ENOTCONN) at ``path``; True if one was cleaned."""
+    error = _probe(path)
+    if error is None or isinstance(error, FileNotFoundError):
+        fstype = mounted_at(path)
+        if error is None and fstype is not None and fstype.startswith("fuse"):
+            raise MountError(f"{path} is already mounted ({fstype}) by a running daemon")
+        return False
+    if error.errno not in (errno.ENOTCONN, errno.ECONNABORTED):
+        raise error
+    log.warning("%s is a stale mount (its daemon is gone); unmounting it", path)
+    for args in (["fusermount3", "-u", "-z", str(path)], ["umount", "-l", str(path)]):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            if subprocess.run(args, capture_output=True, timeout=30).returncode == 0:
+                return True
+    raise MountError(f"cannot unmount the stale mount at {path}")
+
+
+def set_kernel_readahead(path: Path, kib: int) -> None:
+    if kib <= 0:
+        return
+    st = os.stat(path)
+    bdi = Path(f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb")
+    try:
+        bdi.write_text(str(kib))
+    except OSError as exc:
+        log.info("cannot set %s (%s); the kernel's default read-ahead stays", bdi, exc)
+
+
+def fuse_options(opts: MountOptions) -> set[str]:
+    spec = f"{opts.bucket}/{opts.prefix}".rstrip("/")
+    options = {"default_permissions", "fsname=unionstore:" + spec, "subtype=unionstore", "noatime"}
+    if opts.allow_other:
+        options.add("allow_other")
+    if opts.read_only:
+        options.add("ro")
+    return options
+
+
+async def check_bucket(client: S3Client, prefix: str) -> None:
+    try:
+        await client.list_page(prefix, delimiter="/", max_keys=1)
+    except S3Error as exc:
+        where = f"s3://{client.bucket}/{prefix} at {client.endpoint}"
+        raise MountError(f"cannot list {where}: {exc}") from None
+
+
+def run(opts: MountOptions) -> int:
+    """Mount, serve until unmounted or signalled, clean up. Returns an exit code."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    mountpoint = opts.mountpoint
+    clean_stale_mount(mountpoint)
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    pyfuse3.asyncio.enable()
+    return asyncio.run(_serve(opts))
+
+
+async def _serve(opts: MountOptions) -> int:
+    client = S3Client(
+        opts.endpoint,
+        opts.bucket,
+        region=opts.region,
+        credentials=opts.credentials,
+        max_connections=4 * opts.fetch_concurrency,
+    )
+    disk: DiskBlocks | None = None
+    try:
+        await check_bucket(client, opts.prefix)
+        disk = await asyncio.to_thread(DiskBlocks, opts.cache_dir, opts.cache_size)
+        blocks = BlockCache(
+            disk,
+            block_size=opts.block_size,
+            small_block_size=opts.small_block_size,
+            readahead_blocks=opts.readahead_blocks if opts.read_ahead == "auto" else 0,
+            fetch_concurrency=opts.fetch_concurrency,
+            memory_bytes=opts.memory_cache_size,
+        )
+        fs = FileSystem(opts, client, blocks)
+        ops = Operations(fs)
+        pyfuse3.init(ops, str(opts.mountpoint), fuse_options(opts))
+        log.info(
+            "mounted s3://%s/%s from %s at %s",
+            opts.bucket,
+            opts.prefix,
+            opts.endpoint,
+            opts.mountpoint,
+        )
+        try:
+            await _main_loop(opts)
+        finally:
+            await ops.files.close_all()
+            await blocks.close()
+            pyfuse3.close(unmount=True)
+            log.info("unmounted %s; stats: %s", opts.mountpoint, fs.statistics())
+        return 0
+    finally:
+        await client.close()
+        if disk is not None:
+            disk.close()
+
+
+async def _main_loop(opts: MountOptions) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(sig, pyfuse3.terminate)
+    tuned = loop.create_task(
+        asyncio.to_thread(set_kernel_readahead, opts.mountpoint, opts.kernel_readahead_kb)
+    )
+    try:
+        await pyfuse3.main(min_tasks=4, max_tasks=128)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        with contextlib.suppress(Exception):
+            await tuned
