@@ -22,6 +22,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pyfuse3
+
 from unionstore.fuse.files import OpenFiles
 from unionstore.fuse.fs import FileSystem, FsError
 from unionstore.fuse.inodes import Node

@@ -11,6 +11,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import pytest
+
 from unionstore.ratelimit import (
     BucketStatistics,
     Clock,
