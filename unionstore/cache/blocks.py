@@ -159,6 +159,10 @@ class BlockCache:
         await asyncio.gather(
             *(asyncio.shield(f) for f in futures if f is not None), return_exceptions=True
         )
+        # readers got their data already; the blocks count as present once written to disk
+        await asyncio.gather(
+            *(asyncio.shield(t) for t in list(state.tasks)), return_exceptions=True
+        )
         return sum(state.present)
 
     def forget(self, file_id_prefix: str, *, exact: bool = False) -> None:
