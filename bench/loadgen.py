@@ -34,6 +34,7 @@ __all__ = [
     "LoadResult",
     "StreamResult",
     "build_request",
+    "percentile",
     "run_load",
     "stream_get",
     "wrk_available",
@@ -51,7 +52,7 @@ def build_request(url: str, method: str = "GET") -> bytes:
     return f"{method} {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode("latin-1")
 
 
-def _percentile(sorted_values: Sequence[float], q: float) -> float:
+def percentile(sorted_values: Sequence[float], q: float) -> float:
     if not sorted_values:
         return float("nan")
     idx = min(len(sorted_values) - 1, max(0, round(q / 100 * (len(sorted_values) - 1))))
@@ -70,6 +71,7 @@ class LoadResult:
     p50_ms: float = float("nan")
     p99_ms: float = float("nan")
     reconnects: int = 0
+    latencies: list[float] = field(default_factory=list, repr=False)  # seconds (python only)
 
     @property
     def rps(self) -> float:
@@ -370,9 +372,10 @@ async def _python_load(
         errors=run.errors,
         statuses=dict(sorted(run.statuses.items())),
         body_bytes=run.body_bytes,
-        p50_ms=_percentile(lat, 50) * 1000,
-        p99_ms=_percentile(lat, 99) * 1000,
+        p50_ms=percentile(lat, 50) * 1000,
+        p99_ms=percentile(lat, 99) * 1000,
         reconnects=run.reconnects,
+        latencies=lat,
     )
 
 

@@ -48,7 +48,13 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `python bench/run.py` works too, not only `-m bench.run`
     sys.path.insert(0, str(REPO))
 
-from bench.loadgen import LoadResult, run_load, stream_get, wrk_available  # noqa: E402
+from bench.loadgen import (  # noqa: E402
+    LoadResult,
+    percentile,
+    run_load,
+    stream_get,
+    wrk_available,
+)
 from tests.support.gateway import ADMIN_KEY, ADMIN_SECRET, GatewayProcess  # noqa: E402
 from tests.support.hdfs import HdfsCluster  # noqa: E402
 from tests.support.ports import LOOPBACK, free_port, log_tail, wait_for_port  # noqa: E402
@@ -610,6 +616,7 @@ class Settings:
     connections: int
     backend: str
     quiet: QuietWaiter | None = None
+    slices: int = 5
 
 
 def measure_big(
@@ -643,43 +650,99 @@ def measure_big(
     return out
 
 
-def measure_load(side: Side, row: str, settings: Settings, jvms: dict[str, int]) -> dict[str, Any]:
+def _warm_up(side: Side, row: str, settings: Settings) -> dict[str, Any]:
+    """One pass over every URL (each object and page requested once, so caches on either side
+    hold what they will hold), then `warmup` more seconds; neither is measured."""
     method = "HEAD" if row == "head" else "GET"
     urls = side.urls[row]
-    # Warm-up: one pass over every URL (each object and page requested once, so caches on
-    # either side hold what they will hold), then `warmup` more seconds; neither is measured.
     warm = run_load(
         urls, method=method, connections=settings.connections, seconds=120, max_requests=len(urls)
     )
     if settings.warmup > 0:
-        run_load(
-            urls,
-            method=method,
-            connections=settings.connections,
-            seconds=settings.warmup,
-        )
+        run_load(urls, method=method, connections=settings.connections, seconds=settings.warmup)
+    return {"seconds": warm.seconds, "requests": warm.requests, "errors": warm.errors}
+
+
+def measure_load_interleaved(
+    sides: list[Side], row: str, settings: Settings, jvms: dict[str, int]
+) -> dict[str, dict[str, Any]]:
+    """Measure a req/s row on every gateway in short interleaved slices (A B C, B C A, ...)
+    rather than one long run each, so a burst of other jobs on this shared machine lands on
+    all of them alike. Each gateway gets `settings.seconds` in all."""
+    method = "HEAD" if row == "head" else "GET"
+    out: dict[str, dict[str, Any]] = {}
+    live: list[Side] = []
+    warm: dict[str, dict[str, Any]] = {}
+    for side in sides:
+        try:
+            warm[side.name] = _warm_up(side, row, settings)
+            live.append(side)
+        except Exception as exc:
+            out[side.name] = {"error": f"warm-up: {type(exc).__name__}: {_first_line(exc)[:200]}"}
     quiet = settings.quiet.wait() if settings.quiet else None
-    with CpuWindow(side.pgid, jvms) as cpu:
-        res: LoadResult = run_load(
-            urls,
-            method=method,
-            connections=settings.connections,
-            seconds=settings.seconds,
-            backend=settings.backend,
-        )
-    d = res.to_dict()
-    d["warmup_pass"] = {"seconds": warm.seconds, "requests": warm.requests, "errors": warm.errors}
-    d["value"] = res.rps
-    d["cpu_pct"] = cpu.pct
-    d["quiet"] = quiet
-    d["rss_peak_so_far"] = side.peak_rss()
-    d["gateway_cpu_us_per_req"] = (
-        cpu.pct["gateway"] / 100 * cpu.wall / res.requests * 1e6 if res.requests else None
-    )
-    d["loadgen_cpu_us_per_req"] = (
-        cpu.pct["loadgen"] / 100 * cpu.wall / res.requests * 1e6 if res.requests else None
-    )
-    return d
+    parts: dict[str, list[tuple[LoadResult, CpuWindow]]] = {s.name: [] for s in live}
+    slice_s = settings.seconds / settings.slices
+    for i in range(settings.slices):
+        k = i % len(live) if live else 0
+        for side in live[k:] + live[:k]:
+            if side.name in out:  # failed in an earlier slice
+                continue
+            try:
+                with CpuWindow(side.pgid, jvms) as cpu:
+                    res = run_load(
+                        side.urls[row],
+                        method=method,
+                        connections=settings.connections,
+                        seconds=slice_s,
+                        backend=settings.backend,
+                    )
+                parts[side.name].append((res, cpu))
+            except Exception as exc:
+                out[side.name] = {"error": f"{type(exc).__name__}: {_first_line(exc)[:200]}"}
+    for side in live:
+        if side.name in out:
+            continue
+        results = parts[side.name]
+        seconds = sum(r.seconds for r, _ in results)
+        requests = sum(r.requests for r, _ in results)
+        wall = sum(c.wall for _, c in results)
+        statuses: dict[str, int] = {}
+        for r, _ in results:
+            for code, n in r.statuses.items():
+                statuses[str(code)] = statuses.get(str(code), 0) + n
+        lat = sorted(x for r, _ in results for x in r.latencies)
+        cpu_pct = {
+            key: sum(c.pct[key] * c.wall for _, c in results) / wall for key in results[0][1].pct
+        }
+        out[side.name] = {
+            "backend": results[0][0].backend,
+            "connections": settings.connections,
+            "slices": len(results),
+            "seconds": seconds,
+            "requests": requests,
+            "errors": sum(r.errors for r, _ in results),
+            "statuses": statuses,
+            "body_bytes": sum(r.body_bytes for r, _ in results),
+            "rps": requests / seconds if seconds else 0.0,
+            "value": requests / seconds if seconds else None,
+            "slice_rps": [r.rps for r, _ in results],
+            "p50_ms": percentile(lat, 50) * 1000
+            if lat
+            else statistics.median(r.p50_ms for r, _ in results),
+            "p99_ms": percentile(lat, 99) * 1000 if lat else max(r.p99_ms for r, _ in results),
+            "reconnects": sum(r.reconnects for r, _ in results),
+            "cpu_pct": cpu_pct,
+            "quiet": quiet,
+            "warmup_pass": warm[side.name],
+            "rss_peak_so_far": side.peak_rss(),
+            "gateway_cpu_us_per_req": cpu_pct["gateway"] / 100 * wall / requests * 1e6
+            if requests
+            else None,
+            "loadgen_cpu_us_per_req": cpu_pct["loadgen"] / 100 * wall / requests * 1e6
+            if requests
+            else None,
+        }
+    return out
 
 
 # ---- machine facts and versions --------------------------------------------------------------
@@ -946,8 +1009,9 @@ Method, in short:
   nothing while measuring. Before measuring, each gateway must serve the right bytes, the right
   listing page, a 404 and a 403 for a bad signature.
 - Each round starts every gateway afresh (empty caches, new cache folder), runs every row on
-  each, rotating which one goes first, then stops them. Tables show the median over rounds
-  (for RSS: the peak).
+  each, rotating which one goes first, then stops them. A req/s row runs in short slices
+  interleaved across the gateways (A B C, B C A, ...), so bursts of other jobs hit all alike.
+  Tables show the median over rounds (for RSS: the peak).
 - **These numbers are ratios from one run on a shared, noisy 2-core machine**, where the load
   generator, the NameNode, the DataNode and the gateway under test share the same two cores,
   and other jobs may run beside them (the "rest of machine" CPU column shows how much). Compare
@@ -975,8 +1039,9 @@ def render_section(
         f"## {title}",
         "",
         f"Run {f['date']}: `{cfg['command']}` - {cfg['rounds']} round(s), "
-        f"{cfg['seconds']:g} s per req/s row after a warm-up (one pass over every URL, then "
-        f"{cfg['warmup']:g} s), "
+        f"{cfg['seconds']:g} s per req/s row and gateway"
+        + (f" in {cfg['slices']} interleaved slices" if cfg.get("slices", 1) > 1 else "")
+        + f" after a warm-up (one pass over every URL, then {cfg['warmup']:g} s), "
         f"{cfg['connections']} connections, load generator `{cfg['backend']}`; "
         f"whole run {cfg['elapsed']:.0f} s.",
         "",
@@ -1157,6 +1222,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, help="warm-up seconds before each req/s row (1; 0.5)")
     p.add_argument("--connections", type=int, default=16)
     p.add_argument(
+        "--slices",
+        type=int,
+        help="a req/s row runs in this many interleaved slices per gateway (default 5, --quick 3)",
+    )
+    p.add_argument(
         "--loadgen",
         choices=("python", "wrk"),
         default="python",
@@ -1185,6 +1255,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.seconds = args.seconds or (3.0 if args.quick else 10.0)
     args.warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 1.0)
+    args.slices = max(1, args.slices or (3 if args.quick else 5))
     args.time_limit = args.time_limit or (300.0 if args.quick else 900.0)
     args.rows = [r.strip() for r in args.only.split(",") if r.strip()] or list(ROWS)
     if unknown := [r for r in args.rows if r not in ROWS]:
@@ -1220,7 +1291,9 @@ def run_round(
     order = args.sides[k:] + args.sides[:k]  # rotate who goes first
     result: dict[str, Any] = {"round": rnd, "order": order, "rows": {}, "rss": {}, "checks": {}}
     sides: dict[str, Side] = {}
-    settings = Settings(args.seconds, args.warmup, args.connections, args.loadgen, quiet)
+    settings = Settings(
+        args.seconds, args.warmup, args.connections, args.loadgen, quiet, args.slices
+    )
     assert hdfs.namenode_proc is not None and hdfs.datanode_proc is not None
     jvms = {"namenode": hdfs.namenode_proc.pid, "datanode": hdfs.datanode_proc.pid}
     try:
@@ -1246,14 +1319,11 @@ def run_round(
                 notes.append(msg)
         for row in args.rows:
             result["rows"][row] = {}
-            for name in order:
-                side = sides.get(name)
-                if side is None:
-                    continue
-                log(f"round {rnd + 1}/{args.rounds}: {row} on {name}")
-                m: dict[str, Any]
-                try:
-                    if row == "get1g":
+            running = [sides[name] for name in order if name in sides]
+            if row == "get1g":
+                for side in running:
+                    log(f"round {rnd + 1}/{args.rounds}: {row} on {side.name}")
+                    try:
                         m = measure_big(side, hdfs, settings, jvms)
                         log(
                             f"  1st {m['first']['gbps']:.3f} GB/s, 2nd {m['second']['gbps']:.3f}"
@@ -1261,20 +1331,29 @@ def run_round(
                             f"{m['second']['content_ok']}; block bytes in page cache after "
                             f"eviction: {m['evict']['resident_after']})"
                         )
-                    else:
-                        backend = "python" if row == "head" else args.loadgen
-                        m = measure_load(side, row, replace(settings, backend=backend), jvms)
-                        c = m["cpu_pct"]
-                        log(
-                            f"  {m['rps']:,.0f} req/s, errors {m['errors']} {m['statuses']}; "
-                            f"CPU gateway {c['gateway']:.0f}% loadgen {c['loadgen']:.0f}% "
-                            f"HDFS {c['namenode'] + c['datanode']:.0f}% rest {c['rest']:.0f}%"
-                        )
-                except Exception as exc:
-                    log(f"  FAILED: {exc!r}")
-                    err = {"error": f"{type(exc).__name__}: {_first_line(exc)[:200]}"}
-                    m = {"first": dict(err), "second": dict(err)} if row == "get1g" else err
+                    except Exception as exc:
+                        log(f"  FAILED: {exc!r}")
+                        err = {"error": f"{type(exc).__name__}: {_first_line(exc)[:200]}"}
+                        m = {"first": dict(err), "second": dict(err)}
+                    result["rows"][row][side.name] = m
+                continue
+            log(
+                f"round {rnd + 1}/{args.rounds}: {row} on "
+                f"{', '.join(s.name for s in running)} ({settings.slices} interleaved slices)"
+            )
+            backend = "python" if row == "head" else args.loadgen
+            got = measure_load_interleaved(running, row, replace(settings, backend=backend), jvms)
+            for name, m in got.items():
                 result["rows"][row][name] = m
+                if "error" in m:
+                    log(f"  {name}: FAILED: {m['error']}")
+                    continue
+                c = m["cpu_pct"]
+                log(
+                    f"  {name}: {m['rps']:,.0f} req/s, errors {m['errors']} {m['statuses']}; "
+                    f"CPU gateway {c['gateway']:.0f}% loadgen {c['loadgen']:.0f}% "
+                    f"HDFS {c['namenode'] + c['datanode']:.0f}% rest {c['rest']:.0f}%"
+                )
         for name, side in sides.items():
             with contextlib.suppress(Exception):
                 result["rss"][name] = side.peak_rss()
@@ -1352,6 +1431,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": args.seconds,
         "warmup": args.warmup,
         "connections": args.connections,
+        "slices": args.slices,
         "backend": args.loadgen,
         "rows": args.rows,
         "sides": args.sides,
