@@ -205,7 +205,7 @@ class BlockCache:
 
     def _readahead(self, obj: ObjectVersion, fetch: Fetch, i: int) -> None:
         key = block_key(obj.file_id, obj.version, self.large, i)
-        if key in self._ra_keys or key in self._inflight or key in self._mem:
+        if key in self._ra_keys or key in self._inflight or self._memory_get(key) is not None:
             return
         if len(self._ra_keys) >= self._ra_limit:
             self.counts["readahead.dropped"] += 1
@@ -216,13 +216,13 @@ class BlockCache:
         async def run() -> None:
             try:
                 async with self._ra_sem:
-                    if key in self._inflight or key in self._mem:
+                    if key in self._inflight or self._memory_get(key) is not None:
                         return
                     data = await self._read(self.disk.get, key)
                     if data is not None:  # cached on disk: bring it to RAM ahead of the reader
                         self.counts["readahead.from_disk"] += 1
                         self._memory_put(key, data)
-                    elif key not in self._inflight and key not in self._mem:
+                    elif key not in self._inflight and self._memory_get(key) is None:
                         fut = self._start_fetch(obj, fetch, self.large, i, [key], "seq")[0]
                         await fut
             except Exception as exc:  # the reader will fetch on demand
@@ -252,6 +252,10 @@ class BlockCache:
                     found[n] = d
                     self.counts["hits.disk"] += 1
                     self._memory_put(keys[n], d)
+            found = [
+                d if d is not None else self._memory_get(k)
+                for d, k in zip(found, keys, strict=True)
+            ]  # blocks that landed while we looked on disk
         waits: dict[int, asyncio.Future[bytes]] = {}
         n = 0
         while n < len(keys):  # one GET per run of missing blocks; join blocks in flight
@@ -277,7 +281,7 @@ class BlockCache:
     async def _from_large(self, obj: ObjectVersion, i: int, offset: int, end: int) -> bytes | None:
         key = block_key(obj.file_id, obj.version, self.large, i)
         base = i * self.large
-        data = self._memory_get(key) or self._unwritten.get(key)
+        data = self._memory_get(key)
         if data is not None:
             self.counts["hits.memory"] += 1
             return data[offset - base : end - base]
@@ -359,10 +363,12 @@ class BlockCache:
 
     # -- RAM ---------------------------------------------------------------------------------
     def _memory_get(self, key: str) -> bytes | None:
+        """A block in RAM: recently used, or fetched and not yet on disk."""
         data = self._mem.get(key)
         if data is not None:
             self._mem.move_to_end(key)
-        return data
+            return data
+        return self._unwritten.get(key)
 
     def _memory_put(self, key: str, data: bytes) -> None:
         with contextlib.suppress(KeyError):

@@ -17,6 +17,8 @@ from typing import Any
 
 import diskcache
 
+SMALL_VALUE = 1 << 15  # diskcache keeps values below this inside SQLite, larger ones as files
+
 
 def block_key(file_id: str, version: str, block_size: int, index: int) -> str:
     return f"{file_id}\x00{version}\x00{block_size}\x00{index}"
@@ -33,19 +35,36 @@ class DiskBlocks:
             tag_index=True,
             cull_limit=16,
             statistics=False,
+            disk_min_file_size=SMALL_VALUE,
         )
 
+    # Reads look first with a plain SELECT (no lock: the index is in WAL mode), and only a hit
+    # takes the LRU update's write transaction. Large values are files: the transaction hands
+    # back an open file and the bytes are read after it, so no lock is held during disk I/O
+    # (a writer's 4 MiB block would otherwise stall every reader of the node).
     def get(self, key: str) -> bytes | None:
-        value = self._cache.get(key, default=None, retry=True)
-        return value if isinstance(value, bytes) else None
+        if key not in self._cache:
+            return None
+        value: Any = self._cache.get(key, default=None, read=True, retry=True)
+        if value is None or isinstance(value, bytes):
+            return value
+        with value:
+            data: bytes = value.read()
+            return data
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        """Several small blocks in one transaction."""
+        """Several small blocks, the hits in one transaction."""
+        present = [k for k in keys if k in self._cache]
+        if not present:
+            return [None] * len(keys)
         with self._cache.transact(retry=True):
-            return [self.get(k) for k in keys]
+            found = {k: self._cache.get(k, default=None, retry=True) for k in present}
+        return [v if isinstance(v := found.get(k), bytes) else None for k in keys]
 
     def get_range(self, key: str, lo: int, hi: int) -> bytes | None:
         """Bytes ``[lo, hi)`` of one block, reading only those from disk."""
+        if key not in self._cache:
+            return None
         value: Any = self._cache.get(key, default=None, read=True, retry=True)
         if value is None:
             return None
@@ -59,13 +78,19 @@ class DiskBlocks:
     def contains(self, key: str) -> bool:
         return key in self._cache
 
-    def contains_many(self, keys: Sequence[str]) -> list[bool]:
-        return [k in self._cache for k in keys]
-
     def put_many(self, items: Iterable[tuple[str, bytes]], tag: str) -> None:
-        with self._cache.transact(retry=True):
-            for key, data in items:
+        """Store blocks: large ones one by one (diskcache writes the file before its short
+        index transaction), small ones (kept inline in SQLite) in one transaction."""
+        small = []
+        for key, data in items:
+            if len(data) >= SMALL_VALUE:
                 self._cache.set(key, data, tag=tag, retry=True)
+            else:
+                small.append((key, data))
+        if small:
+            with self._cache.transact(retry=True):
+                for key, data in small:
+                    self._cache.set(key, data, tag=tag, retry=True)
 
     def evict_file(self, file_id: str) -> int:
         return int(self._cache.evict(file_id, retry=True))

@@ -74,6 +74,9 @@ class OpenFiles:
         else:
             h.keep_cache = node.page_cache_version == stat.version
             node.page_cache_version = stat.version
+        if not writing and node.path in fs.uploads:  # readers see the last published version
+            published = await fs.meta.stat(node.path)
+            stat = published if published is not None else Stat(False)
         if stat.etag or stat.size:
             h.obj = ObjectVersion(fs.file_id(key), stat.version, stat.size)
         fs.inodes.opened(node)

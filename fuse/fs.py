@@ -99,8 +99,9 @@ class FileSystem:
         return f"{self.client.endpoint}/{self.client.bucket}/{key}"
 
     async def stat(self, path: str) -> Stat | None:
+        """What ``path`` is now: a file being written shows its size so far."""
         active = self.uploads.get(path)
-        if active is not None:
+        if active is not None and active[0].dirty:
             node = self.inodes.by_path(path)
             mtime = node.stat.mtime_ns if node else time.time_ns()
             return Stat(False, active[0].size, mtime)

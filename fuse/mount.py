@@ -124,9 +124,20 @@ async def check_bucket(client: S3Client, prefix: str) -> None:
         raise MountError(f"cannot list {where}: {exc}") from None
 
 
+def tune_http_reads(chunk: int = 1 << 20) -> None:
+    """Let httpcore read response bodies 1 MiB at a time instead of 64 KiB: measured here,
+    a 4 MiB block GET then takes half as long and the daemon spends far less CPU per byte.
+    (A class attribute of httpcore's HTTP/1.1 connection; this process only talks S3.)"""
+    from httpcore._async import http11
+
+    if hasattr(http11.AsyncHTTP11Connection, "READ_NUM_BYTES"):
+        http11.AsyncHTTP11Connection.READ_NUM_BYTES = chunk
+
+
 def run(opts: MountOptions) -> int:
     """Mount, serve until unmounted or signalled, clean up. Returns an exit code."""
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    tune_http_reads()
     mountpoint = opts.mountpoint
     clean_stale_mount(mountpoint)
     mountpoint.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,331 @@
+"""FUSE mounts side by side: ``unionstore mount`` vs s3fs-fuse vs ``rclone mount``, all on the
+same gateway bucket over the same real HDFS, and the local disk.
+
+    python -m bench.fuse_bench [--quick] [--json bench/results/...json]
+
+Rows (issue 6, "Benchmarks"):
+The gateway's own cache is warmed first, so "cold" means the mount's cache is empty, not the
+gateway's, and the order in which clients run does not favour any of them.
+
+- ``seq1g``: sequential read of a 1 GiB file (1 MiB reads): cold (first read through the
+  mount) and cached (second read; with ``--drop-caches``, the kernel's page cache is dropped
+  first, so the mount's own cache serves it, and the local disk reads from disk);
+- ``files/s P=N``: 100 KB files per second with N reader processes, cold (fresh mount and
+  cache) and cached (second pass);
+- ``stat/s``: stat() calls per second on a warm metadata cache (one process);
+- ``write1g``: sequential write of a 1 GiB checkpoint (n/a while the gateway takes no writes).
+
+Prints a markdown table with the ratios unionstore / peer (> 1: unionstore is faster), writes
+the raw numbers as JSON. Everything started is stopped at the end (mounts unmounted, daemons
+killed), also on error or Ctrl-C. Numbers from a shared 2-core machine: compare ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.support.fusemount import FuseMount, hdfs_put_many, is_mounted, unmount  # noqa: E402
+from tests.support.gateway import ADMIN_KEY, ADMIN_SECRET, GatewayProcess  # noqa: E402
+from tests.support.hdfs import HdfsCluster  # noqa: E402
+from tests.support.ports import poll_until  # noqa: E402
+
+MIB = 1 << 20
+BUCKET, ROOT = "bench", "/fuse-bench"
+CLIENTS = ("unionstore", "s3fs", "rclone", "local")
+
+READER = """
+import os, sys, time
+files = sys.argv[1:]
+t = time.perf_counter()
+n = 0
+for p in files:
+    with open(p, "rb") as f:
+        n += len(f.read())
+print(n, time.perf_counter() - t)
+"""
+
+
+class Mount:
+    """One FUSE client (or the local folder) mounted at ``path``."""
+
+    def __init__(self, name: str, path: Path, stop: Callable[[], None]) -> None:
+        self.name, self.path, self.stop = name, path, stop
+
+
+def _daemon(argv: list[str], path: Path, log: Path, env: dict[str, str]) -> Callable[[], None]:
+    path.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+
+    def stop() -> None:
+        unmount(path)
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        unmount(path)
+
+    try:
+        poll_until(
+            lambda: is_mounted(path) and bool(os.statvfs(path)),
+            30,
+            f"{argv[0]} at {path}",
+            proc=proc,
+            log=log,
+        )
+    except BaseException:
+        stop()
+        raise
+    return stop
+
+
+def mount(name: str, gw: GatewayProcess, work: Path, local: Path) -> Mount:
+    """A fresh mount with an empty cache."""
+    if name == "local":
+        return Mount(name, local, lambda: None)
+    base = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work))
+    path = base / "mnt"
+    if name == "unionstore":
+        m = FuseMount(
+            gw.endpoint,
+            BUCKET,
+            access_key=ADMIN_KEY,
+            secret_key=ADMIN_SECRET,
+            workdir=base,
+            readahead_blocks=16,
+        ).start()
+        return Mount(name, m.path, m.stop)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    if name == "s3fs":
+        passwd = base / "passwd"
+        passwd.write_text(f"{ADMIN_KEY}:{ADMIN_SECRET}\n")
+        passwd.chmod(0o600)
+        argv = [
+            "s3fs",
+            BUCKET,
+            str(path),
+            "-f",
+            "-o",
+            f"url={gw.endpoint}",
+            "-o",
+            "use_path_request_style",
+            "-o",
+            f"passwd_file={passwd}",
+            "-o",
+            f"use_cache={base / 'cache'}",
+            "-o",
+            "stat_cache_expire=60",
+            "-o",
+            "enable_noobj_cache",
+            "-o",
+            "endpoint=us-east-1",
+            "-o",
+            "parallel_count=8",
+        ]
+    else:
+        remote = (
+            f":s3,provider=Other,endpoint='{gw.endpoint}',access_key_id={ADMIN_KEY},"
+            f"secret_access_key={ADMIN_SECRET},force_path_style=true:{BUCKET}"
+        )
+        argv = [
+            "rclone",
+            "mount",
+            remote,
+            str(path),
+            "--vfs-cache-mode",
+            "full",
+            "--cache-dir",
+            str(base / "cache"),
+            "--dir-cache-time",
+            "60s",
+            "--attr-timeout",
+            "60s",
+            "--config",
+            "/dev/null",
+            "--vfs-read-chunk-size",
+            "8M",
+        ]
+    return Mount(name, path, _daemon(argv, path, base / "daemon.log", env))
+
+
+def drop_page_cache() -> None:
+    with contextlib.suppress(OSError):
+        subprocess.run(["sync"], check=False)
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def read_seq(path: Path) -> float:
+    """MiB/s of a sequential read in 1 MiB chunks."""
+    t = time.perf_counter()
+    n = 0
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(MIB):
+            n += len(chunk)
+    return n / MIB / (time.perf_counter() - t)
+
+
+def files_per_second(paths: list[Path], procs: int) -> float:
+    shares = [paths[i::procs] for i in range(procs)]
+    t = time.perf_counter()
+    running = [
+        subprocess.Popen([sys.executable, "-c", READER, *map(str, share)], stdout=subprocess.PIPE)
+        for share in shares
+    ]
+    for p in running:
+        p.communicate(timeout=1800)
+    return len(paths) / (time.perf_counter() - t)
+
+
+def stats_per_second(paths: list[Path], seconds: float) -> float:
+    for p in paths:  # warm
+        os.stat(p)
+    n, t = 0, time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        for p in paths:
+            os.stat(p)
+        n += len(paths)
+    return n / (time.perf_counter() - t)
+
+
+def write_seq(path: Path, size: int) -> float | str:
+    chunk = os.urandom(MIB)
+    t = time.perf_counter()
+    try:
+        with open(path, "wb") as f:
+            for _ in range(size // MIB):
+                f.write(chunk)
+    except OSError as exc:
+        return f"n/a ({os.strerror(exc.errno or 5)})"
+    return size / MIB / (time.perf_counter() - t)
+
+
+def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    big = (256 if args.quick else 1024) * MIB
+    nfiles = 300 if args.quick else 2000
+    results: dict[str, dict[str, Any]] = {c: {} for c in CLIENTS}
+    work = Path(tempfile.mkdtemp(prefix="fuse-bench-"))
+    stops: list[Callable[[], None]] = []
+    hdfs = HdfsCluster()
+    try:
+        hdfs.start()
+        blob = os.urandom(100_000)
+        files = {f"small/f{i:05d}.bin": i.to_bytes(8, "big") + blob[8:] for i in range(nfiles)}
+        hdfs_put_many(hdfs.url, {f"{ROOT}/{k}": v for k, v in files.items()})
+        local = work / "local"
+        for k, v in files.items():
+            (local / k).parent.mkdir(parents=True, exist_ok=True)
+            (local / k).write_bytes(v)
+        with open(local / "big.bin", "wb") as f:
+            for _ in range(big // MIB):
+                f.write(os.urandom(MIB))
+        import hdfs_native
+
+        with (
+            hdfs_native.Client(hdfs.url).create(f"{ROOT}/big.bin") as w,
+            open(local / "big.bin", "rb") as r,
+        ):
+            while chunk := r.read(8 * MIB):
+                w.write(chunk)
+        gw = GatewayProcess({"mounts": [{"bucket": BUCKET, "uri": hdfs.url + ROOT}]})
+        gw.start()
+        stops.append(gw.stop)
+        # warm the gateway's own cache, so every client meets the same gateway: "cold" below
+        # is the mount's cache, not the gateway's
+        s3 = gw.client()
+        for key in [*files, "big.bin"]:
+            s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+        for name in CLIENTS:
+            print(f"-- {name}", flush=True)
+            r = results[name]
+            for procs in (1, 4, 8):
+                m = mount(name, gw, work, local)
+                try:
+                    drop_page_cache()
+                    paths = sorted((m.path / "small").iterdir())
+                    r[f"files/s P={procs} cold"] = files_per_second(paths, procs)
+                    r[f"files/s P={procs} cached"] = files_per_second(paths, procs)
+                    if procs == 1:
+                        r["stat/s warm"] = stats_per_second(paths, 3.0)
+                        drop_page_cache()
+                        r["seq1g MiB/s cold"] = read_seq(m.path / "big.bin")
+                        r["seq1g MiB/s cached (page cache)"] = read_seq(m.path / "big.bin")
+                        if args.drop_caches:
+                            drop_page_cache()
+                            r["seq1g MiB/s cached (dropped)"] = read_seq(m.path / "big.bin")
+                        r["write1g MiB/s"] = write_seq(m.path / "ckpt.bin", big)
+                finally:
+                    m.stop()
+                print(json.dumps(r), flush=True)
+    finally:
+        for stop in reversed(stops):
+            with contextlib.suppress(Exception):
+                stop()
+        hdfs.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    rows = list(results["unionstore"])
+    out = [
+        "| row | unionstore | s3fs | rclone | local | vs s3fs | vs rclone | vs local |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        vals = [results[c].get(row) for c in CLIENTS]
+        ours = vals[0]
+        ratios = [
+            f"{ours / v:.2f}x" if isinstance(ours, float) and isinstance(v, float) and v else "-"
+            for v in vals[1:]
+        ]
+        cells = [f"{v:,.0f}" if isinstance(v, float) else str(v) for v in vals]
+        out.append(f"| {row} | " + " | ".join(cells + ratios) + " |")
+    return "\n".join(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="256 MiB and 300 files")
+    parser.add_argument(
+        "--no-drop-caches",
+        dest="drop_caches",
+        action="store_false",
+        help="do not drop the kernel page cache between passes (needs root)",
+    )
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    parser.add_argument(
+        "--json", type=Path, default=REPO / "bench" / "results" / f"{stamp}-fuse.json"
+    )
+    args = parser.parse_args()
+    results = run(args)
+    print(table(results))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
