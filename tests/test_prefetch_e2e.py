@@ -35,7 +35,7 @@ from tests.support.ports import free_port, poll_until
 
 pytestmark = pytest.mark.slow
 MiB = 1 << 20
-CLI = [sys.executable, "-m", "unionstore.prefetch.cli"]
+CLI = [sys.executable, "-m", "unionstore.cli"]
 CREDS = ["--access-key", ADMIN_KEY, "--secret-key", ADMIN_SECRET]
 
 

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 from unionstore.config import ConfigError, parse_duration
-from unionstore.errors import UnionstoreError
 
 log = logging.getLogger("unionstore.prefetch")
 DEFAULT_GATEWAY = "http://127.0.0.1:9900"
@@ -180,27 +179,3 @@ def warm_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to go on", flush=True)
         return 130
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="unionstore", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    add_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        code: int = args.func(args)
-    except ConfigError as exc:
-        print(f"unionstore: {exc.message}", file=sys.stderr)
-        return 2
-    except UnionstoreError as exc:
-        print(f"unionstore: {exc.message}", file=sys.stderr)
-        return 1
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())
