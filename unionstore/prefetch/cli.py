@@ -111,7 +111,8 @@ def _credentials(args: argparse.Namespace) -> tuple[list[str], str, str]:
 def prefetch_command(args: argparse.Namespace) -> int:
     from unionstore.admin_client import AdminClient
     from unionstore.prefetch import rules as rules_mod
-    from unionstore.prefetch.daemon import Daemon, DaemonConfig, HdfsStat
+    from unionstore.prefetch.daemon import Daemon, DaemonConfig
+    from unionstore.prefetch.hdfsstat import HdfsStat
     from unionstore.prefetch.warm import default_state_dir
 
     gateways, access, secret = _credentials(args)
