@@ -36,7 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from unionstore.fuse.diskblocks import DiskBlocks, block_key
+from unionstore.cache.store import block_key
+from unionstore.fuse.diskblocks import DiskBlocks
 from unionstore.fuse.s3errors import S3Error
 
 log = logging.getLogger("unionstore.fuse.cache")

@@ -13,44 +13,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
-import diskcache
+from unionstore.cache.store import open_cache, read_value
 
 SMALL_VALUE = 1 << 15  # diskcache keeps values below this inside SQLite, larger ones as files
 
 
-def block_key(file_id: str, version: str, block_size: int, index: int) -> str:
-    return f"{file_id}\x00{version}\x00{block_size}\x00{index}"
-
-
 class DiskBlocks:
     def __init__(self, directory: Path, size_limit: int) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
-        self._cache = diskcache.Cache(
-            str(directory),
-            size_limit=size_limit,
-            eviction_policy="least-recently-used",
-            tag_index=True,
-            cull_limit=16,
-            statistics=False,
-            disk_min_file_size=SMALL_VALUE,
-        )
+        self._cache = open_cache(directory, size_limit, disk_min_file_size=SMALL_VALUE)
 
-    # Reads look first with a plain SELECT (no lock: the index is in WAL mode), and only a hit
-    # takes the LRU update's write transaction. Large values are files: the transaction hands
-    # back an open file and the bytes are read after it, so no lock is held during disk I/O
-    # (a writer's 4 MiB block would otherwise stall every reader of the node).
     def get(self, key: str) -> bytes | None:
-        if key not in self._cache:
-            return None
-        value: Any = self._cache.get(key, default=None, read=True, retry=True)
-        if value is None or isinstance(value, bytes):
-            return value
-        with value:
-            data: bytes = value.read()
-            return data
+        return read_value(self._cache, key)
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         """Several small blocks, the hits in one transaction."""
@@ -63,17 +38,7 @@ class DiskBlocks:
 
     def get_range(self, key: str, lo: int, hi: int) -> bytes | None:
         """Bytes ``[lo, hi)`` of one block, reading only those from disk."""
-        if key not in self._cache:
-            return None
-        value: Any = self._cache.get(key, default=None, read=True, retry=True)
-        if value is None:
-            return None
-        if isinstance(value, bytes):
-            return value[lo:hi]
-        with value:
-            value.seek(lo)
-            data: bytes = value.read(hi - lo)
-            return data
+        return read_value(self._cache, key, lo, hi)
 
     def contains(self, key: str) -> bool:
         return key in self._cache

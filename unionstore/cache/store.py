@@ -27,34 +27,53 @@ def block_key(file_id: str, version: str, block_size: int, index: int) -> str:
     return f"{file_id}\x00{version}\x00{block_size}\x00{index}"
 
 
+def open_cache(directory: Path, size_limit: int, **settings: Any) -> diskcache.Cache:
+    """A diskcache store of blocks: bounded in bytes, least recently used evicted, tagged by
+    file so all blocks of a file can be evicted at once. The gateway and the FUSE bridge both
+    keep their blocks in one of these."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return diskcache.Cache(
+        str(directory),
+        size_limit=size_limit,
+        eviction_policy="least-recently-used",
+        tag_index=True,
+        cull_limit=16,
+        statistics=False,
+        **settings,
+    )
+
+
+def read_value(
+    cache: diskcache.Cache, key: str, lo: int = 0, hi: int | None = None
+) -> bytes | None:
+    """Bytes ``[lo, hi)`` of the value at ``key`` (all of it by default), or None.
+
+    A miss costs a plain lookup (no write lock). A hit's LRU update takes the lock, but a
+    value kept as a file is read after the lock is released, so one reader's disk I/O never
+    stalls the others (measured in the FUSE bridge: twice the read rate)."""
+    if key not in cache:
+        return None
+    value: Any = cache.get(key, default=None, read=True, retry=True)
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value[lo:hi]
+    with value:
+        if lo:
+            value.seek(lo)
+        data: bytes = value.read(-1 if hi is None else hi - lo)
+        return data
+
+
 class BlockStore:
     """Blocking calls (run them off the event loop)."""
 
     def __init__(self, directory: Path, size_limit: int) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
-        self._cache = diskcache.Cache(
-            str(directory),
-            size_limit=size_limit,
-            eviction_policy="least-recently-used",
-            tag_index=True,
-            cull_limit=16,
-            statistics=False,
-            sqlite_mmap_size=1 << 26,
-        )
+        self._cache = open_cache(directory, size_limit, sqlite_mmap_size=1 << 26)
 
     def get(self, key: str) -> bytes | None:
-        """The block, or None. Misses cost a plain lookup (no write lock); a hit's LRU update
-        takes the lock, but the block file is read after it is released, so one reader's disk
-        I/O never stalls the others (as in the FUSE bridge's store: twice the read rate)."""
-        if key not in self._cache:
-            return None
-        value: Any = self._cache.get(key, default=None, read=True, retry=True)
-        if value is None or isinstance(value, bytes):
-            return value
-        with value:
-            data: bytes = value.read()
-            return data
+        return read_value(self._cache, key)
 
     def contains(self, key: str) -> bool:
         return key in self._cache
