@@ -3,7 +3,9 @@
 Every object is written to a hidden temporary file next to its target and published by rename
 only after the whole body arrived and verified (the body iterator raises at its end if a
 digest or signature does not match), so an interrupted or bad upload leaves nothing visible.
-Two uploads of one key race only at the rename: one complete object wins.
+Two uploads of one key race only at the publish: one complete object wins, and its record
+(headers, ETag, checksums) goes with it, because a process publishes one key at a time (the
+rename, the stat of what was published and the record are one step under a per-key lock).
 
 Writes act on the UFS as the access key's user (its own driver instance), so files belong to
 that user and the backend's permission checks apply. Afterwards the gateway's caches are told
@@ -15,6 +17,7 @@ metadata store, keyed by file version.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -58,11 +61,33 @@ def version_of(status: FileStatus) -> str:
     return f"{status.size}:{status.mtime_ns}:{status.checksum or ''}"
 
 
+class KeyLocks:
+    """One asyncio lock per key, kept only while someone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
 class ObjectWrites:
     def __init__(self, gw: Gateway, meta: ObjectMetaStore) -> None:
         self.gw = gw
         self.meta = meta
         self._user_ufs: dict[tuple[str, str, str], UnderFileSystem] = {}
+        self._publishing = KeyLocks()
 
     # -- identity ---------------------------------------------------------------------------
     def ufs_for(self, mount: Mount, who: Principal) -> UnderFileSystem:
@@ -120,18 +145,20 @@ class ObjectWrites:
             )
         await self._mkparents(ufs, target.path)
         writer = await ufs.open_writer(target.path)
+        fid = file_id(target.mount, target.path)
         try:
             async for chunk in body:
                 await writer.write(chunk)
             tag = etag()
             stored = {**headers, **late_headers()}
-            if create_only and await self._exists(ufs, target.path):
-                raise PreconditionFailed("The object was created meanwhile")
-            await writer.close()
+            async with self._publishing.hold(fid):
+                if create_only and await self._exists(ufs, target.path):
+                    raise PreconditionFailed("The object was created meanwhile")
+                await writer.close()
+                return await self._published(bucket, target, ufs, tag, stored)
         except BaseException:
             await asyncio.shield(writer.abort())
             raise
-        return await self._published(bucket, target, ufs, tag, stored)
 
     async def _put_dir(
         self, bucket: str, target: Target, ufs: UnderFileSystem, body: AsyncIterator[bytes]
@@ -204,23 +231,30 @@ class ObjectWrites:
         """DeleteObject: a missing key is fine (S3 answers 204 either way)."""
         target = await self.gw.mounts.resolve(bucket, key)
         ufs = self.ufs_for(target.mount, who)
+        fid = file_id(target.mount, target.path)
+        async with self._publishing.hold(fid):
+            if not await self._delete(bucket, target, ufs):
+                return
+            await asyncio.to_thread(self.meta.delete, fid)
+        await self._prune(ufs, target.path.rpartition("/")[0])
+
+    async def _delete(self, bucket: str, target: Target, ufs: UnderFileSystem) -> bool:
         try:
             status = await ufs.stat(target.path) if target.path else None
             if status is None:
-                return
+                return False
             if status.is_dir:
                 if target.is_dir_key:
                     await ufs.delete(target.path)  # only when empty, as s3fs's rmdir expects
             elif not target.is_dir_key:
                 await ufs.delete(target.path)
         except NotFound:
-            return
+            return False
         except InvalidArgument:
-            return  # a non-empty folder named "dir/": S3 has no such object to delete
+            return False  # a non-empty folder named "dir/": S3 has no such object to delete
         finally:
             self.touched(bucket, target.mount, target.path)
-        await asyncio.to_thread(self.meta.delete, file_id(target.mount, target.path))
-        await self._prune(ufs, target.path.rpartition("/")[0])
+        return True
 
     async def _prune(self, ufs: UnderFileSystem, path: str) -> None:
         """Remove folders left empty by a delete, up to the mount root: in S3 a prefix with
