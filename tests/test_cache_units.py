@@ -16,7 +16,7 @@ import pytest
 from unionstore.cache.blocks import BlockCache, FileVersion
 from unionstore.cache.coordinator import EmbeddedCoordinator
 from unionstore.cache.metadata import MetadataCachingUfs, TtlCache
-from unionstore.cache.store import BlockStore
+from unionstore.cache.store import BlockStore, read_value
 from unionstore.errors import NotFound, ServiceUnavailable
 from unionstore.ufs.base import FileStatus, UnderFileSystem
 from unionstore.ufs.local import LocalUfs
@@ -310,3 +310,18 @@ def test_worker_processes_share_fills(tmp_path: Path) -> None:
         assert p.exitcode == 0
     offsets = log.read_text().split()
     assert sorted(map(int, offsets)) == [i * BS for i in range(32)]  # each block once
+
+
+def test_block_store_keeps_bytes_exactly_as_files_or_inline(tmp_path: Path) -> None:
+    """Big blocks go to files of their own (streamed in, not line by line), small ones inline;
+    both come back byte for byte, newlines and all, also as a sub-range."""
+    store = BlockStore(tmp_path / "blocks", 1 << 30)
+    big = (b"line\n" * 300_000) + os.urandom(1 << 20)
+    small = b"a\nb\n" * 100
+    store.put("big", big, "f1")
+    store.put("small", small, "f2")
+    files = [p for p in (tmp_path / "blocks").rglob("*.val")]
+    assert len(files) == 1 and files[0].stat().st_size == len(big)
+    assert store.get("big") == big
+    assert store.get("small") == small
+    assert read_value(store._cache, "big", 10, 20) == big[10:20]
