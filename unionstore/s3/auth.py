@@ -18,21 +18,20 @@ Canonicalisation, where S3 differs from generic SigV4:
 * Query names and values are decoded (``+`` is a space, as in form encoding) and re-encoded,
   then sorted. So the edge must read ``+`` in the query as a space and ``+`` in the path as a
   plus (starlette does both).
-* SigV2 signs the path as sent, prefixed with ``/bucket`` for virtual-hosted requests (the edge
-  passes ``host_bucket``), plus the S3 sub-resources of the query.
+
+SigV2 lives in :mod:`unionstore.s3.sigv2`; what both share (the request and result types, wire
+text decoding) in :mod:`unionstore.s3.sigwire`.
 
 Derived SigV4 signing keys are cached per (secret, date, region).
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
@@ -40,11 +39,24 @@ from unionstore.errors import (
     AuthError,
     AuthorizationHeaderMalformed,
     ClientError,
-    InvalidAccessKeyId,
     InvalidArgument,
     RequestExpired,
     RequestTimeTooSkewed,
     SignatureDoesNotMatch,
+)
+from unionstore.s3.sigv2 import sigv2_header, sigv2_query
+from unionstore.s3.sigwire import (
+    NO_DATE,
+    AuthResult,
+    SignedRequest,
+    parse_amz_date,
+    parse_http_date,
+    query_pairs,
+    query_params,
+    secret_of,
+    single,
+    utf8,
+    wire_bytes,
 )
 
 __all__ = [
@@ -79,43 +91,10 @@ _V4_QUERY_PARAMS = (
     "X-Amz-SignedHeaders",
     "X-Amz-Expires",
 )
-_NO_DATE = "AWS authentication requires a valid Date or x-amz-date header"
 _ONE_MECHANISM = (
     "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, Signature query "
     "string parameter or the Authorization header should be specified"
 )
-# Query parameters that SigV2 signs as part of the resource (botocore's list, which is AWS's).
-_V2_SUBRESOURCE_NAMES = (
-    "accelerate acl analytics cors defaultObjectAcl delete inventory lifecycle location logging "
-    "metrics notification object-lock partNumber policy replication requestPayment restore "
-    "select select-type storageClass tagging torrent uploadId uploads versionId versioning "
-    "versions website response-cache-control response-content-disposition "
-    "response-content-encoding response-content-language response-content-type "
-    "response-expires"
-)
-_V2_SUBRESOURCES = frozenset(_V2_SUBRESOURCE_NAMES.split())
-
-
-@dataclass(frozen=True, slots=True)
-class SignedRequest:
-    """What authentication needs from a request, as it came off the wire."""
-
-    method: str  # "GET"
-    raw_path: str  # percent-encoded path as sent, no query: "/bucket/a%20b"
-    raw_query: str  # query string as sent, without "?"; "" if none
-    headers: Mapping[str, str]  # lower-cased names; repeated headers joined with ","
-    host_bucket: str | None = None  # bucket taken from the Host header (virtual-hosted style)
-
-
-@dataclass(frozen=True, slots=True)
-class AuthResult:
-    access_key: str | None  # None: anonymous
-    method: str  # "sigv4-header" | "sigv4-query" | "sigv2-header" | "sigv2-query" | "anonymous"
-    payload_hash: str | None = None  # SigV4: hex, UNSIGNED-PAYLOAD or STREAMING-...
-    signing_key: bytes | None = None  # SigV4: for chunk_signature()
-    seed_signature: str | None = None  # SigV4: the request signature, first "previous" chunk sig
-    scope: str | None = None  # SigV4: "20260101/us-east-1/s3/aws4_request"
-    amz_date: str | None = None  # SigV4: "20260101T000000Z"
 
 
 ANONYMOUS = AuthResult(access_key=None, method="anonymous")
@@ -133,8 +112,8 @@ def authenticate(
         now = datetime.now(UTC)
     elif now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
-    pairs = _query_pairs(req.raw_query)
-    params = _query_params(pairs)
+    pairs = query_pairs(req.raw_query)
+    params = query_params(pairs)
     authorization = req.headers.get("authorization")
     v4_query = any(k in params for k in ("X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Signature"))
     v2_query = "AWSAccessKeyId" in params or "Signature" in params
@@ -144,18 +123,18 @@ def authenticate(
         scheme, _, rest = authorization.strip().partition(" ")
         if scheme == ALGORITHM:
             claim = _v4_header_claim(req, rest)
-            secret = _secret(secret_for, claim.access_key)
+            secret = secret_of(secret_for, claim.access_key)
             if abs(now - claim.when) > max_skew:
                 raise RequestTimeTooSkewed()
             return _verify_v4(req, claim, secret, pairs, "sigv4-header")
         if scheme == "AWS":
-            return _sigv2_header(req, rest, secret_for, now, max_skew)
+            return sigv2_header(req, rest, secret_for, now, max_skew)
         if not scheme:
             raise AuthorizationHeaderMalformed("The Authorization header is empty.")
         raise InvalidArgument("Unsupported Authorization Type")
     if v4_query:
         claim, expires = _v4_query_claim(params)
-        secret = _secret(secret_for, claim.access_key)
+        secret = secret_of(secret_for, claim.access_key)
         if claim.when - now > max_skew:
             raise AuthError("Request is not yet valid")
         if now - claim.when > timedelta(seconds=expires):
@@ -163,7 +142,7 @@ def authenticate(
         unsigned = [(n, v) for n, v in pairs if n != b"X-Amz-Signature"]
         return _verify_v4(req, claim, secret, unsigned, "sigv4-query")
     if v2_query:
-        return _sigv2_query(req, params, secret_for, now)
+        return sigv2_query(req, params, secret_for, now)
     return ANONYMOUS
 
 
@@ -217,12 +196,12 @@ def _v4_header_claim(req: SignedRequest, rest: str) -> _V4Claim:
     _check_payload_hash(payload_hash)
     raw_date = req.headers.get("x-amz-date")
     if raw_date is not None:
-        when = _parse_amz_date(raw_date)
+        when = parse_amz_date(raw_date)
     else:  # SigV4 also accepts a Date header, in either format
         raw_date = req.headers.get("date")
-        when = None if raw_date is None else _parse_amz_date(raw_date) or _parse_http_date(raw_date)
+        when = None if raw_date is None else parse_amz_date(raw_date) or parse_http_date(raw_date)
     if when is None:
-        raise AuthError(_NO_DATE)
+        raise AuthError(NO_DATE)
     amz_date = when.strftime(_AMZ_DATE_FORMAT)
     if date != amz_date[:8]:
         raise bad("Invalid credential date. Date is not the same as X-Amz-Date.")
@@ -242,14 +221,14 @@ def _v4_query_claim(params: Mapping[str, list[str]]) -> tuple[_V4Claim, int]:
     bad = AuthorizationHeaderMalformed  # AWS says AuthorizationQueryParametersError (400)
     values: dict[str, str] = {}
     for name in _V4_QUERY_PARAMS:
-        if not (value := _single(params, name)):
+        if not (value := single(params, name)):
             names = ", ".join(_V4_QUERY_PARAMS)
             raise bad(f"Query-string authentication version 4 requires the {names} parameters.")
         values[name] = value
     if values["X-Amz-Algorithm"] != ALGORITHM:
         raise bad(f'X-Amz-Algorithm only supports "{ALGORITHM}"')
     access_key, date, region = _parse_credential(values["X-Amz-Credential"], bad)
-    if (when := _parse_amz_date(amz_date := values["X-Amz-Date"])) is None:
+    if (when := parse_amz_date(amz_date := values["X-Amz-Date"])) is None:
         raise bad("X-Amz-Date must be in the ISO8601 Long Format \"yyyyMMdd'T'HHmmss'Z'\"")
     if date != amz_date[:8]:
         raise bad("Invalid credential date. Date is not the same as X-Amz-Date.")
@@ -257,7 +236,7 @@ def _v4_query_claim(params: Mapping[str, list[str]]) -> tuple[_V4Claim, int]:
     seconds = int(expires) if expires.isascii() and expires.isdigit() and len(expires) < 8 else 0
     if not 1 <= seconds <= MAX_PRESIGN_EXPIRES:
         raise bad(f"X-Amz-Expires must be a number of seconds from 1 to {MAX_PRESIGN_EXPIRES}")
-    payload_hash = _single(params, "X-Amz-Content-Sha256") or UNSIGNED_PAYLOAD
+    payload_hash = single(params, "X-Amz-Content-Sha256") or UNSIGNED_PAYLOAD
     _check_payload_hash(payload_hash)
     claim = _V4Claim(
         access_key=access_key,
@@ -286,13 +265,13 @@ def _verify_v4(
     encoded = sorted((quote_from_bytes(n, safe=""), quote_from_bytes(v, safe="")) for n, v in query)
     canonical_query = "&".join(f"{n}={v}" for n, v in encoded)
     key = _signing_key(secret, claim.date, claim.region)
-    wanted = _utf8(claim.signature)
+    wanted = utf8(claim.signature)
     for uri in _candidate_uris(req.raw_path):
         canonical = (
             f"{req.method.upper()}\n{uri}\n{canonical_query}\n{headers}\n"
             f"{claim.signed_headers}\n{claim.payload_hash}"
         )
-        digest = hashlib.sha256(_utf8(canonical)).hexdigest()
+        digest = hashlib.sha256(utf8(canonical)).hexdigest()
         string_to_sign = f"{ALGORITHM}\n{claim.amz_date}\n{claim.scope}\n{digest}"
         computed = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
         if hmac.compare_digest(computed.encode(), wanted):
@@ -310,9 +289,9 @@ def _verify_v4(
 
 @lru_cache(maxsize=512)
 def _signing_key(secret: str, date: str, region: str) -> bytes:
-    key = _utf8("AWS4" + secret)
+    key = utf8("AWS4" + secret)
     for part in (date, region, "s3", "aws4_request"):
-        key = hmac.new(key, _utf8(part), hashlib.sha256).digest()
+        key = hmac.new(key, utf8(part), hashlib.sha256).digest()
     return key
 
 
@@ -342,7 +321,7 @@ def _check_payload_hash(value: str) -> None:
 
 def _candidate_uris(raw_path: str) -> list[str]:
     """The path re-encoded per RFC 3986 and, if different, the path as sent."""
-    sent = _wire_bytes(raw_path or "/")
+    sent = wire_bytes(raw_path or "/")
     canonical = quote_from_bytes(unquote_to_bytes(sent), safe="/")
     as_sent = sent.decode("utf-8", "replace")
     return [canonical] if as_sent == canonical else [canonical, as_sent]
@@ -350,181 +329,3 @@ def _candidate_uris(raw_path: str) -> list[str]:
 
 def _trimall(value: str) -> str:
     return " ".join(value.split())
-
-
-# --- SigV2 -----------------------------------------------------------------------------------
-
-
-def _sigv2_header(
-    req: SignedRequest,
-    credentials: str,
-    secret_for: Callable[[str], str | None],
-    now: datetime,
-    max_skew: timedelta,
-) -> AuthResult:
-    access_key, sep, signature = credentials.strip().rpartition(":")
-    if not sep or not access_key or not signature:
-        raise AuthorizationHeaderMalformed(
-            "AWS authorization header is invalid. Expected AwsAccessKeyId:signature"
-        )
-    secret = _secret(secret_for, access_key)
-    amz_date = req.headers.get("x-amz-date")
-    raw_date = amz_date if amz_date is not None else req.headers.get("date")
-    when = None if raw_date is None else _parse_http_date(raw_date) or _parse_amz_date(raw_date)
-    if when is None:
-        raise AuthError(_NO_DATE)
-    if abs(now - when) > max_skew:
-        raise RequestTimeTooSkewed()
-    # With x-amz-date present AWS signs an empty Date line (botocore signs the Date header).
-    date_lines = [(raw_date or "").strip()]
-    if amz_date is not None:
-        date_lines = ["", req.headers["date"].strip()] if "date" in req.headers else [""]
-    _verify_v2(req, secret, date_lines, {}, signature)
-    return AuthResult(access_key=access_key, method="sigv2-header")
-
-
-def _sigv2_query(
-    req: SignedRequest,
-    params: Mapping[str, list[str]],
-    secret_for: Callable[[str], str | None],
-    now: datetime,
-) -> AuthResult:
-    access_key = _single(params, "AWSAccessKeyId")
-    signature = _single(params, "Signature")
-    expires = _single(params, "Expires")
-    if not (access_key and signature and expires):
-        raise AuthorizationHeaderMalformed(
-            "Query-string authentication requires the Signature, Expires and AWSAccessKeyId "
-            "parameters"
-        )
-    if not (expires.isascii() and expires.isdigit() and len(expires) <= 12):
-        raise AuthorizationHeaderMalformed("Invalid date (should be seconds since epoch)")
-    secret = _secret(secret_for, access_key)
-    if now.timestamp() > int(expires):
-        raise RequestExpired()
-    # Signers move x-amz-*, content-type and content-md5 into the query of a presigned URL.
-    from_query = {
-        name.lower(): values[0]
-        for name, values in params.items()
-        if name.lower().startswith("x-amz-") or name.lower() in ("content-type", "content-md5")
-    }
-    # Base64 has no spaces: a "+" decoded as a space was a "+" the client did not encode.
-    _verify_v2(req, secret, [expires], from_query, signature.replace(" ", "+"))
-    return AuthResult(access_key=access_key, method="sigv2-query")
-
-
-def _verify_v2(
-    req: SignedRequest,
-    secret: str,
-    date_lines: list[str],
-    from_query: Mapping[str, str],
-    signature: str,
-) -> None:
-    headers = {**from_query, **req.headers}
-    amz = sorted(
-        (name, value.strip()) for name, value in headers.items() if name.startswith("x-amz-")
-    )
-    content = f"{headers.get('content-md5', '').strip()}\n{headers.get('content-type', '').strip()}"
-    amz_lines = "".join(f"{name}:{value}\n" for name, value in amz)
-    wanted = _utf8(signature)
-    for date_line in date_lines:
-        for resource in _v2_resources(req):
-            text = f"{req.method.upper()}\n{content}\n{date_line}\n{amz_lines}{resource}"
-            digest = hmac.new(_utf8(secret), _utf8(text), hashlib.sha1).digest()
-            if hmac.compare_digest(base64.b64encode(digest), wanted):
-                return
-    raise SignatureDoesNotMatch()
-
-
-def _v2_resources(req: SignedRequest) -> list[str]:
-    """The canonical resource; for a bucket-only path, AWS's "/bucket/" first, then as sent."""
-    path = _wire_bytes(req.raw_path or "/").decode("utf-8", "replace")
-    if req.host_bucket:
-        path = f"/{req.host_bucket}{path}"
-    paths = [path + "/", path] if path.count("/") == 1 and len(path) > 1 else [path]
-    subresources: list[tuple[str, str]] = []
-    for part in req.raw_query.split("&"):
-        name, sep, value = part.partition("=")
-        if name in _V2_SUBRESOURCES:
-            subresources.append((name, f"{name}={_unquote(value, plus=False)}" if sep else name))
-    if not subresources:
-        return paths
-    subresources.sort(key=lambda item: item[0])
-    query = "?" + "&".join(text for _, text in subresources)
-    return [p + query for p in paths]
-
-
-# --- shared helpers --------------------------------------------------------------------------
-
-
-def _secret(secret_for: Callable[[str], str | None], access_key: str) -> str:
-    secret = secret_for(access_key)
-    if secret is None:
-        raise InvalidAccessKeyId()
-    return secret
-
-
-def _wire_bytes(text: str) -> bytes:
-    """The bytes ``text`` came from: latin-1, or UTF-8 if the edge decoded it that way."""
-    try:
-        return text.encode("latin-1")
-    except UnicodeEncodeError:
-        return _utf8(text)
-
-
-def _utf8(text: str) -> bytes:
-    return text.encode("utf-8", "surrogatepass")
-
-
-def _query_pairs(raw_query: str) -> list[tuple[bytes, bytes]]:
-    """Decoded (name, value) byte pairs; a name without ``=`` has an empty value."""
-    pairs = []
-    for part in raw_query.split("&"):
-        if part:
-            name, _, value = part.partition("=")
-            pairs.append((_unquote_bytes(name), _unquote_bytes(value)))
-    return pairs
-
-
-def _unquote_bytes(raw: str, *, plus: bool = True) -> bytes:
-    data = _wire_bytes(raw)
-    return unquote_to_bytes(data.replace(b"+", b" ") if plus else data)
-
-
-def _unquote(raw: str, *, plus: bool = True) -> str:
-    return _unquote_bytes(raw, plus=plus).decode("utf-8", "replace")
-
-
-def _query_params(pairs: list[tuple[bytes, bytes]]) -> dict[str, list[str]]:
-    params: dict[str, list[str]] = {}
-    for name, value in pairs:
-        params.setdefault(name.decode("utf-8", "replace"), []).append(
-            value.decode("utf-8", "replace")
-        )
-    return params
-
-
-def _single(params: Mapping[str, list[str]], name: str) -> str | None:
-    values = params.get(name)
-    if values is None:
-        return None
-    if len(values) > 1:
-        raise AuthorizationHeaderMalformed(f"Query parameter {name} given more than once.")
-    return values[0]
-
-
-def _parse_amz_date(text: str) -> datetime | None:
-    if len(text) != 16 or not text.isascii():
-        return None
-    try:
-        return datetime.strptime(text, _AMZ_DATE_FORMAT).replace(tzinfo=UTC)
-    except ValueError:
-        return None
-
-
-def _parse_http_date(text: str) -> datetime | None:
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when
