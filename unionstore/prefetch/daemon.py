@@ -39,6 +39,7 @@ from unionstore.prefetch.audit import AuditEvent, AuditParser
 from unionstore.prefetch.hdfsstat import HdfsStat
 from unionstore.prefetch.metrics import Metrics, serve_metrics
 from unionstore.prefetch.rules import Rule, RuleSet, Target
+from unionstore.prefetch.settle import Hold, Settler
 from unionstore.prefetch.tail import Ledger, Line, LogFollower, Position, write_atomic
 from unionstore.prefetch.warm import Delivery, PriorityGate
 
@@ -58,6 +59,8 @@ METADATA = {
 }
 HANDLED = CONTENT | METADATA | {"rename", "delete", "concat"}
 STATE_FILE = "prefetch-state.json"
+
+
 @dataclass
 class DaemonConfig:
     audit_logs: list[Path]
@@ -113,15 +116,6 @@ class _Log:
     truncations: int = 0
 
 
-@dataclass(eq=False)
-class _Candidate:
-    rule: Rule | None  # None: not to be warmed, only refreshed once complete
-    tickets: list[Ticket]
-    first: float
-    seen: tuple[int, int] | None = None
-    since: float = 0.0
-
-
 class Daemon:
     def __init__(
         self,
@@ -136,7 +130,11 @@ class Daemon:
         self.parser = AuditParser()
         self.gate = PriorityGate(cfg.max_warms)
         self.slots: dict[Target, Slot] = {}
-        self.candidates: dict[str, _Candidate] = {}
+        self.settler = (
+            None
+            if stat is None
+            else Settler(stat, cfg.settle, cfg.max_settle_wait, clock, self._complete)
+        )
         self.tickets: dict[Ticket, None] = {}  # unfinished, in read order
         self.handled: dict[str, int] = {}
         self.logs: list[_Log] = []
@@ -267,14 +265,14 @@ class Daemon:
             self._invalidate_path(src, False, ticket)
         elif ev.cmd in CONTENT:
             self._invalidate_path(src, True, ticket)
-            if self.stat is not None:  # once complete: warm it, or at least refresh it
-                self._add_candidate(src, rules.warm_rule(src), ticket)
+            if self.settler is not None:  # once complete: warm it, or at least refresh it
+                self.settler.add(src, rules.warm_rule(src), ticket)
         elif ev.cmd == "delete":
-            self._drop_candidates(src)
+            self._forget_created(src)
             self._invalidate_path(src, True, ticket)
         elif ev.cmd in ("rename", "concat") and dst:
             for s in ev.srcs:
-                self._drop_candidates(s)
+                self._forget_created(s)
             waits = [f for s in ev.srcs for f in self._invalidate_path(s, True, ticket)]
             waits += self._invalidate_path(dst, True, ticket)
             self._spawn(self._warm_after(waits, dst, ticket.hold()))
@@ -380,69 +378,23 @@ class Daemon:
             if tk.event.time is not None:
                 hist.observe(max(0.0, now - tk.event.time))
 
-    # ---- created files: complete once renamed, or still for `settle` seconds --------------
-    def _add_candidate(self, path: str, rule: Rule | None, ticket: Ticket) -> None:
-        cand = self.candidates.get(path)
-        if cand is None:
-            cand = self.candidates[path] = _Candidate(rule, [], self.clock())
-        cand.seen, cand.rule = None, rule  # written again: wait afresh
-        cand.tickets.append(ticket.hold())
+    # ---- created files, once complete (see settle.py) -----------------------------------
+    def _forget_created(self, path: str) -> None:
+        if self.settler is not None:
+            self.settler.drop(path)
 
-    def _drop_candidates(self, path: str) -> None:
-        under = path.rstrip("/") + "/"
-        for p in [p for p in self.candidates if p == path or p.startswith(under)]:
-            for tk in self.candidates.pop(p).tickets:
-                tk.release()
-
-    async def _settler(self) -> None:
-        interval = min(2.0, max(0.2, self.cfg.settle / 4))
-        sem = asyncio.Semaphore(16)
-
-        async def stat(path: str) -> tuple[int, int] | str:
-            async with sem:
-                return await self._stat(path)
-
-        while True:
-            await asyncio.sleep(interval)
-            paths = list(self.candidates)
-            stats = await asyncio.gather(*(stat(p) for p in paths))
-            now = self.clock()
-            for p, st in zip(paths, stats, strict=True):
-                cand = self.candidates.get(p)
-                if cand is None or st == "unknown":
-                    continue  # dropped meanwhile, or HDFS did not answer
-                if isinstance(st, str) or now - cand.first > self.cfg.max_settle_wait:
-                    if not isinstance(st, str):
-                        log.warning("%s did not stand still in time; not warmed", p)
-                    self._drop_candidates(p)
-                elif st != cand.seen:
-                    cand.seen, cand.since = st, now
-                elif now - cand.since >= self.cfg.settle:
-                    del self.candidates[p]
-                    self._complete(p, cand, st[0])
-
-    def _complete(self, path: str, cand: _Candidate, size: int) -> None:
+    def _complete(self, path: str, rule: Rule | None, holds: list[Hold], size: int) -> None:
         """A created/appended file stood still: warm it (the gateway stats it afresh), or
         drop the metadata a reader may have cached while it was being written."""
-        rule = cand.rule
-        for tk in cand.tickets:
+        for work in holds:
+            assert isinstance(work, Ticket)
             if rule is not None and rule.size_ok(size):
-                self._warm(rule, path, tk)
+                self._warm(rule, path, work)
             else:
-                self._invalidate_path(path, False, tk)
-            tk.release()
+                self._invalidate_path(path, False, work)
+            work.release()
         if rule is not None and not rule.size_ok(size):
             self.metrics.skipped.labels("size").inc()
-
-    async def _stat(self, path: str) -> tuple[int, int] | str:
-        """(size, mtime), or "gone" (nothing there, or a folder), or "unknown" (no answer)."""
-        assert self.stat is not None
-        try:
-            st = await self.stat.stat(path)
-        except Exception as exc:
-            log.debug("stat %s: %s", path, exc)
-            return "unknown"
-        return "gone" if st is None or st[2] else (st[0], st[1])
 
     # ---- running --------------------------------------------------------------------------
     def _spawn(self, coro: Awaitable[None]) -> asyncio.Future[None]:
@@ -457,8 +409,8 @@ class Daemon:
         self.load()
         server = await serve_metrics(self.cfg.metrics_listen, self.metrics)
         essential = [self._spawn(self._reader()), asyncio.create_task(self._committer())]
-        if self.stat is not None:
-            essential.append(self._spawn(self._settler()))
+        if self.settler is not None:
+            essential.append(self._spawn(self.settler.run()))
 
         def ended(_: object) -> None:  # one of them ending early is a bug: stop, do not limp
             if not self._closing:
