@@ -78,9 +78,33 @@ class OpenFiles:
             published = await fs.meta.stat(node.path)
             stat = published if published is not None else Stat(False)
         if stat.etag or stat.size:
-            h.obj = ObjectVersion(fs.file_id(key), stat.version, stat.size)
+            h.obj = fs.object_version(key, stat)
+            if not writing and not node.detached:
+                self._scan_ahead(node)
         fs.inodes.opened(node)
         return fs._new_fh(lambda fh: _with_fh(h, fh))
+
+    def _scan_ahead(self, node: Node) -> None:
+        """A file opened after its neighbours in name order: fetch the next ones (scan.py)."""
+        fs = self.fs
+        parent, _, name = node.path.rpartition("/")
+
+        def prefetch(ahead: str, stat: Stat) -> None:
+            path = join(parent, ahead)
+            known = fs.inodes.by_path(path)
+            if known is not None and known.page_cache_version == stat.version:
+                return  # the kernel holds its pages
+            key = fs.meta.key(path)
+            fs.blocks.prefetch(fs.object_version(key, stat), fs.fetcher(key, stat.version))
+
+        fs.scans.opened(
+            parent,
+            name,
+            fs.meta.cache.listing(parent),
+            fs.blocks.readahead_blocks,
+            fs.blocks.large,
+            prefetch,
+        )
 
     async def create(self, parent_inode: int, name: str) -> Handle:
         fs = self.fs

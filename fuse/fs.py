@@ -19,17 +19,19 @@ import errno
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from unionstore.fuse.blockcache import AccessPattern, BlockCache, ObjectVersion
+from unionstore.fuse.blockcache import AccessPattern, BlockCache, Fetch, ObjectVersion
 from unionstore.fuse.config import MountOptions
 from unionstore.fuse.control import CONTROL_DIR, DIR_INODE, ControlFiles
 from unionstore.fuse.inodes import InodeTable, Node, is_under, join
 from unionstore.fuse.metadata import DIR, Metadata, MetadataCache, Stat
 from unionstore.fuse.s3client import S3Client
+from unionstore.fuse.scan import DirectoryScans
 from unionstore.fuse.writer import Upload
 
 log = logging.getLogger("unionstore.fuse")
@@ -71,6 +73,8 @@ class FileSystem:
         self.handles: dict[int, Handle] = {}
         self.uploads: dict[str, tuple[Upload, int]] = {}  # path -> (upload, open handles)
         self.notify_kernel: KernelNotifier | None = None
+        self.requests: Counter[str] = Counter()  # kernel requests answered, per operation
+        self.scans = DirectoryScans()
         self._next_fh = 1
 
     # -- helpers ----------------------------------------------------------------------------
@@ -338,9 +342,11 @@ class FileSystem:
             "endpoint": self.client.endpoint,
             "bucket": self.client.bucket,
             "prefix": self.opts.prefix,
+            "fuse": dict(sorted(self.requests.items())),
             "s3": dict(sorted(self.client.stats.items())),
             "metadata": dict(sorted(self.meta.stats.counts.items())),
             "cache": self.blocks.statistics(),
+            "directory_scans": self.scans.detected,
             "inodes": len(self.inodes),
             "open_handles": len(self.handles),
             "open_uploads": len(self.uploads),
@@ -360,6 +366,13 @@ class FileSystem:
             "f_namemax": 255,
         }
 
-    def reader(self, h: Handle) -> Callable[[int, int], Awaitable[bytes]]:
-        etag = h.obj.version.partition(":")[0] if h.obj else ""
-        return partial(self.client.get_range, h.key, if_match=etag or None)
+    def reader(self, h: Handle) -> Fetch:
+        return self.fetcher(h.key, h.obj.version if h.obj else "")
+
+    def fetcher(self, key: str, version: str) -> Fetch:
+        """Range GETs of one object version (If-Match its ETag, where it has one)."""
+        etag = version.partition(":")[0]
+        return partial(self.client.get_range, key, if_match=etag or None)
+
+    def object_version(self, key: str, stat: Stat) -> ObjectVersion:
+        return ObjectVersion(self.file_id(key), stat.version, stat.size)

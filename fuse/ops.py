@@ -49,7 +49,10 @@ Handler = Callable[Concatenate["Operations", P], Coroutine[Any, Any, R]]
 
 
 def boundary(fn: Handler[P, R]) -> Handler[P, R]:
+    name = fn.__name__
+
     async def handler(self: Operations, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        self.fs.requests[name] += 1
         try:
             return await fn(self, *args, **kwargs)
         except pyfuse3.FUSEError:

@@ -1,4 +1,5 @@
-"""A small async S3 client for one bucket: httpx for transport, botocore only to sign (SigV4).
+"""A small async S3 client for one bucket: ``transport.HttpClient`` (keep-alive HTTP/1.1) to
+talk, botocore only to sign (SigV4).
 
 Path-style URLs, keys percent-encoded once here. Retries live in one place (:meth:`_send`):
 transport failures, 5xx and SlowDown are retried with exponential back-off; every other error
@@ -20,15 +21,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import quote, unquote_plus
+from urllib.parse import quote, unquote_plus, urlsplit
 
-import httpx
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials as BotoCredentials
 
 from unionstore.fuse.config import Credentials
 from unionstore.fuse.s3errors import S3Error, from_response, from_transport, parse_error_body
+from unionstore.fuse.transport import HttpClient, HttpError, Response
 
 log = logging.getLogger("unionstore.fuse.s3")
 
@@ -106,12 +107,8 @@ class S3Client:
                 credentials.access_key, credentials.secret_key, credentials.session_token
             )
             self._auth = _Signer(boto, "s3", region)
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, connect=10.0),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-            trust_env=False,  # never a proxy from the environment
+        self._http = HttpClient(
+            self.endpoint, max_connections=max_connections, timeout=timeout, connect_timeout=10.0
         )
 
     async def close(self) -> None:
@@ -140,8 +137,10 @@ class S3Client:
         headers: Mapping[str, str] | None = None,
         body: bytes = b"",
         ok: Sequence[int] = (200,),
-    ) -> httpx.Response:
+    ) -> Response:
         url = self._url(key, query)
+        split = urlsplit(url)
+        target = split.path + ("?" + split.query if split.query else "")
         payload_hash = EMPTY_SHA256
         if body:
             payload_hash = (
@@ -160,14 +159,14 @@ class S3Client:
             self.stats[f"requests.{op}"] += 1
             self.stats["bytes_out"] += len(body)
             try:
-                resp = await self._http.request(method, url, headers=hdrs, content=body)
-            except httpx.HTTPError as exc:
+                resp = await self._http.request(method, target, hdrs, body)
+            except HttpError as exc:
                 err = from_transport(op, exc)
             else:
                 self.stats["bytes_in"] += len(resp.content)
-                if resp.status_code in ok:
+                if resp.status in ok:
                     return resp
-                err = from_response(op, resp.status_code, resp.content)
+                err = from_response(op, resp.status, resp.content)
             self.stats[f"errors.{op}"] += 1
             if not err.retryable or attempt == self.retries:
                 raise err
@@ -238,7 +237,7 @@ class S3Client:
             headers["If-Match"] = f'"{if_match}"'
         resp = await self._send("GetObject", "GET", key, headers=headers, ok=(200, 206))
         data = resp.content
-        if resp.status_code == 200:  # a server that ignores Range
+        if resp.status == 200:  # a server that ignores Range
             data = data[offset : offset + length]
         self.stats["bytes_fetched"] += len(data)
         return data
@@ -260,7 +259,7 @@ class S3Client:
         resp = await self._send("CopyObject", "PUT", dst, headers=headers)
         return self._etag_in_body("CopyObject", resp, "ETag")
 
-    def _etag_in_body(self, op: str, resp: httpx.Response, field: str) -> str:
+    def _etag_in_body(self, op: str, resp: Response, field: str) -> str:
         """Copy and Complete may answer 200 with an <Error> body."""
         code, _ = parse_error_body(resp.content)
         if code:

@@ -2,8 +2,8 @@
 
     Exception
      └── S3Error            .errno, .status, .code, .retryable
-          (built by from_response() from an S3 error reply, or by from_transport() from an
-           httpx transport failure)
+          (built by from_response() from an S3 error reply, or by from_transport() from
+           a transport failure)
 
 The tables below are the only place an S3 error code, an HTTP status or a transport failure is
 turned into an errno; ``unionstore.fuse.ops`` turns S3Error (and anything unexpected) into a
@@ -15,7 +15,7 @@ from __future__ import annotations
 import errno
 import xml.etree.ElementTree as ET
 
-import httpx
+from unionstore.fuse.transport import HttpError, HttpTimeout
 
 #: S3 error codes, checked first
 CODE_ERRNO: dict[str, int] = {
@@ -68,8 +68,8 @@ STATUS_ERRNO: dict[int, int] = {
 
 #: transport failures (no HTTP reply at all), most specific first
 TRANSPORT_ERRNO: tuple[tuple[type[BaseException], int], ...] = (
-    (httpx.TimeoutException, errno.ETIMEDOUT),
-    (httpx.TransportError, errno.EIO),
+    (HttpTimeout, errno.ETIMEDOUT),
+    (HttpError, errno.EIO),
 )
 
 RETRYABLE_CODES = frozenset({"SlowDown", "ServiceUnavailable", "RequestTimeout", "InternalError"})

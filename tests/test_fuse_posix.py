@@ -175,6 +175,95 @@ def test_many_small_files(mnt: FuseMount) -> None:
         assert (mnt.path / f"tiny/t{i:04d}").read_bytes() == FILES[f"tiny/t{i:04d}"]
 
 
+def test_a_small_file_costs_one_get_and_four_kernel_requests(gw: GatewayProcess) -> None:
+    """Small files read out of order from a listed directory: one GET each and no HEAD or
+    LIST; the kernel asks open, read, flush, release and nothing else (names and attributes
+    came with readdirplus); no neighbours were opened, so nothing is fetched ahead."""
+    names = [f"tiny/t{i:04d}" for i in range(0, 300, 3)]
+    random.Random(3).shuffle(names)
+    with _mount(gw) as m:
+        os.listdir(m.path / "tiny")
+        first = m.stats()
+        before = m.stats()  # reading the stats file costs requests too: count them
+        for name in names:
+            assert (m.path / name).read_bytes() == FILES[name]
+        after = m.stats()
+    s3 = {
+        k: _delta(before["s3"], after["s3"], f"requests.{k}")
+        for k in ("GetObject", "HeadObject", "ListObjectsV2")
+    }
+    assert s3 == {"GetObject": len(names), "HeadObject": 0, "ListObjectsV2": 0}
+    n = len(names)
+    per_file = {"open": 1, "read": 1, "flush": 1, "release": 1, "lookup": 0, "getattr": 0}
+    for op, count in per_file.items():
+        stats_file = _delta(first["fuse"], before["fuse"], op)
+        assert _delta(before["fuse"], after["fuse"], op) - stats_file == n * count, op
+    assert _delta(before["cache"], after["cache"], "prefetch.files") == 0
+
+
+def test_repeated_stats_are_answered_by_the_kernel(gw: GatewayProcess) -> None:
+    """entry_timeout and attr_timeout reach the kernel: after readdirplus, stat() of the
+    directory's files asks the daemon nothing, however often."""
+    with _mount(gw) as m:
+        paths = [m.path / f"tiny/t{i:04d}" for i in range(300)]
+        os.listdir(m.path / "tiny")
+        first = m.stats()
+        before = m.stats()
+        for _ in range(5):
+            for p in paths:
+                assert os.stat(p).st_size == len(FILES[f"tiny/{p.name}"])
+        after = m.stats()
+    for op in ("lookup", "getattr"):
+        stats_file = _delta(first["fuse"], before["fuse"], op)
+        assert _delta(before["fuse"], after["fuse"], op) == stats_file, op
+
+
+def test_a_directory_read_in_order_is_fetched_ahead_once(gw: GatewayProcess) -> None:
+    """Files read in name order (two processes taking every other one): the next files
+    are fetched ahead (scan.py), and still each file is fetched exactly once."""
+    names = [f"tiny/t{i:04d}" for i in range(300)]
+    with _mount(gw) as m:
+        os.listdir(m.path / "tiny")
+        before = m.stats()
+        code = "import sys\nfor p in sys.argv[1:]:\n    open(p, 'rb').read()\n"
+        procs = [
+            subprocess.Popen([sys.executable, "-c", code, *(str(m.path / n) for n in part)])
+            for part in (names[0::2], names[1::2])
+        ]
+        assert [p.wait(120) for p in procs] == [0, 0]
+        for name in names:
+            assert (m.path / name).read_bytes() == FILES[name]
+        after = m.stats()
+    assert _delta(before["s3"], after["s3"], "requests.GetObject") == len(names)
+    assert after["directory_scans"] > 0
+    assert _delta(before["cache"], after["cache"], "prefetch.files") > 0
+    assert _delta(before["cache"], after["cache"], "hits.memory") > 0
+
+
+def test_kernel_readahead_of_the_mount_follows_the_options(gw: GatewayProcess) -> None:
+    """The daemon raises read_ahead_kb of its own mount's bdi, so 1 MiB reads reach it as
+    1 MiB requests; with read_ahead off the kernel's default (128 KiB) stays."""
+
+    def bdi(m: FuseMount) -> Path:
+        dev = os.stat(m.path).st_dev
+        return Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
+
+    size = len(FILES["shared.bin"])
+    with _mount(gw, kernel_readahead_kb=2048) as m:
+        ra = bdi(m)
+        poll_until(lambda: ra.read_text().strip() == "2048", 10, f"{ra} = 2048", log=m.log_path)
+        before = m.stats()["cache"]
+        with open(m.path / "shared.bin", "rb", buffering=0) as f:
+            while f.read(1 << 20):
+                pass
+        after = m.stats()["cache"]
+        requests = _delta(before, after, "read_requests")
+        assert requests <= size // (1 << 20) + 2, requests  # 128 at the default 128 KiB
+    with _mount(gw, read_ahead="off") as m:
+        assert m.stats()["cache"] is not None  # served: the daemon is past its start
+        assert bdi(m).read_text().strip() == "128"
+
+
 def test_file_larger_than_the_cache(gw: GatewayProcess) -> None:
     with _mount(gw, cache_size="8MiB", memory_cache_size="4MiB", block_size="1MiB") as m:
         body = FILES["big.bin"]

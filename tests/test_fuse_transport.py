@@ -1,0 +1,174 @@
+"""The bridge's HTTP/1.1 client (``unionstore.fuse.transport``) against a scripted server on
+loopback: framing (Content-Length, chunked, until-close, HEAD/204), keep-alive reuse, the
+one resend after the server closed an idle connection, timeouts and garbage as HttpError.
+The whole S3 path over it runs in the FUSE suites against the real gateway and moto."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from unionstore.fuse.transport import HttpClient, HttpError, HttpTimeout
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[bool]]
+
+
+class Server:
+    """Answers each request with ``script(reader, writer, n)``; False closes the connection."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.endpoint = ""
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> Server:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.endpoint = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._handlers:
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    return
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                self.requests.append(head + await reader.readexactly(length))
+                if not await self.script(reader, writer, len(self.requests)):
+                    return
+                await writer.drain()
+        finally:
+            self._handlers.discard(task)
+            writer.close()
+
+
+def reply(status: str, headers: dict[str, str], body: bytes = b"") -> bytes:
+    lines = [f"HTTP/1.1 {status}", *(f"{k}: {v}" for k, v in headers.items()), "", ""]
+    return "\r\n".join(lines).encode() + body
+
+
+@pytest.fixture
+async def client_for() -> AsyncIterator[Callable[[str], HttpClient]]:
+    made: list[HttpClient] = []
+
+    def make(endpoint: str, **kw: float) -> HttpClient:
+        c = HttpClient(endpoint, **kw)  # type: ignore[arg-type]
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        await c.aclose()
+
+
+async def test_content_length_keep_alive_and_request_framing(
+    client_for: Callable[..., HttpClient],
+) -> None:
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> bool:
+        w.write(reply("200 OK", {"Content-Length": "5", "ETag": '"x"'}, b"hello"))
+        return True
+
+    async with Server(script) as srv:
+        c = client_for(srv.endpoint)
+        for _ in range(3):
+            resp = await c.request("GET", "/b/k%20ey?x=1", {"Range": "bytes=0-4"})
+            assert (resp.status, resp.content, resp.headers["etag"]) == (200, b"hello", '"x"')
+        put = await c.request("PUT", "/b/k", {"Host": "ignored"}, b"body!")
+        assert put.content == b"hello"
+        assert srv.connections == 1  # one keep-alive connection for all four
+        first, last = srv.requests[0], srv.requests[-1]
+        port = srv.endpoint.rsplit(":", 1)[1]
+        assert first.startswith(b"GET /b/k%20ey?x=1 HTTP/1.1\r\n")
+        assert f"Host: 127.0.0.1:{port}\r\n".encode() in first
+        assert b"Range: bytes=0-4\r\n" in first
+        assert b"Content-Length: 5\r\n" in last and last.endswith(b"\r\n\r\nbody!")
+        assert b"ignored" not in last
+
+
+async def test_chunked_head_204_and_close_delimited_bodies(
+    client_for: Callable[..., HttpClient],
+) -> None:
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> bool:
+        if n == 1:
+            w.write(reply("200 OK", {"Transfer-Encoding": "chunked"}))
+            w.write(b"3\r\nabc\r\n4;ext=1\r\ndefg\r\n0\r\nTrailer: t\r\n\r\n")
+        elif n == 2:  # HEAD: a Content-Length, but no body follows
+            w.write(reply("200 OK", {"Content-Length": "12345"}))
+        elif n == 3:
+            w.write(reply("100 Continue", {}) + reply("204 No Content", {}))
+        else:
+            w.write(reply("200 OK", {"Connection": "close"}, b"until the end"))
+            return False
+        return True
+
+    async with Server(script) as srv:
+        c = client_for(srv.endpoint)
+        assert (await c.request("GET", "/a")).content == b"abcdefg"
+        head = await c.request("HEAD", "/a")
+        assert head.content == b"" and head.headers["content-length"] == "12345"
+        assert (await c.request("DELETE", "/a")).status == 204
+        assert (await c.request("GET", "/a")).content == b"until the end"
+        assert srv.connections == 1
+        assert (await c.request("GET", "/a")).content == b"until the end"
+        assert srv.connections == 2  # "Connection: close" is honoured
+
+
+async def test_an_idle_connection_closed_by_the_server_is_replaced(
+    client_for: Callable[..., HttpClient],
+) -> None:
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> bool:
+        w.write(reply("200 OK", {"Content-Length": "2"}, b"ok"))
+        await w.drain()
+        return False  # close without saying so: the client finds out on the next request
+
+    async with Server(script) as srv:
+        c = client_for(srv.endpoint)
+        for _ in range(3):
+            assert (await c.request("GET", "/k")).content == b"ok"
+        assert srv.connections == 3 and len(srv.requests) == 3
+
+
+async def test_failures_are_http_errors(client_for: Callable[..., HttpClient]) -> None:
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> bool:
+        if n == 1:
+            w.write(b"SSH-2.0-nope\r\n\r\n")
+        elif n == 2:
+            w.write(reply("200 OK", {"Content-Length": "10"}, b"short"))
+        else:
+            await asyncio.sleep(5)  # never answers in time
+        return False
+
+    async with Server(script) as srv:
+        c = client_for(srv.endpoint, timeout=0.5)
+        with pytest.raises(HttpError, match="not an HTTP reply"):
+            await c.request("GET", "/k")
+        with pytest.raises(HttpError, match="IncompleteReadError"):
+            await c.request("GET", "/k")
+        with pytest.raises(HttpTimeout):
+            await c.request("GET", "/k")
+    closed = client_for(srv.endpoint)  # nothing listens there any more
+    with pytest.raises(HttpError, match="connect to"):
+        await closed.request("GET", "/k")
+    with pytest.raises(ValueError):
+        HttpClient("ftp://example.invalid")
