@@ -38,11 +38,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
 import http.client
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -61,27 +59,46 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `python bench/caching.py` works too, not only `-m`
     sys.path.insert(0, str(REPO))
 
-from bench.loadgen import StreamResult, stream_get  # noqa: E402
-from bench.run import (  # noqa: E402
+from bench.common import (  # noqa: E402
     BIG_KEY,
     BIG_SIZE,
     BUCKET,
+    CLK_TCK,
     HDFS_ROOT,
     MIB,
+    arm_time_limit,
+    big_content_ok,
+    big_get_fields,
+    guarded_run,
+    machine_text,
+    markdown_table,
+    median,
+    notes_lines,
+    presigner,
+    print_notes,
+    pyplot,
+    ratio_text,
+    request,
+    save_figure,
+    stamped_path,
+    tamper,
+    write_big_object,
+    write_json,
+)
+from bench.loadgen import StreamResult, stream_get  # noqa: E402
+from bench.run import (  # noqa: E402
     OUR_VARIANTS,
     OURS,
     PEER,
     CpuWindow,
     QuietWaiter,
     Side,
-    big_mib,
     evict_datanode_blocks,
     group_pids,
     machine_facts,
     start_side,
 )
-from tests.support.gateway import ADMIN_KEY, ADMIN_SECRET  # noqa: E402
-from tests.support.hdfs import HdfsCluster  # noqa: E402
+from tests.support.hdfs import HdfsCluster, as_hdfs_user, stop_group  # noqa: E402
 from tests.support.ports import LOOPBACK, free_port  # noqa: E402
 
 MB = 1_000_000  # RSS in MB = 10^6 bytes, as the target reads "300 MB"
@@ -90,7 +107,6 @@ ALL_SIDES = (OURS, TWO_WORKERS, PEER)
 #: BytesRead counts what the DataNode sends: data plus a 4-byte CRC per 512-byte chunk.
 CHECKSUM_FACTOR = 1 + 4 / 512
 SECTION = "Caching (issue 3)"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 HERD = 16  # concurrent cold readers
 STREAMERS = 10  # concurrent cached streams for the RSS row
 CACHED_READS = 3  # cached GETs after the cold one (2nd, 3rd, 4th read)
@@ -109,28 +125,7 @@ def log(msg: str) -> None:
     print(f"[caching {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-class Interrupted(BaseException):
-    pass
-
-
-def _on_signal(signum: int, _frame: object) -> None:
-    raise Interrupted(f"signal {signal.Signals(signum).name}")
-
-
 # ---- data ------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _hdfs_user(user: str) -> Iterator[None]:
-    old = os.environ.get("HADOOP_USER_NAME")
-    os.environ["HADOOP_USER_NAME"] = user
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("HADOOP_USER_NAME", None)
-        else:
-            os.environ["HADOOP_USER_NAME"] = old
 
 
 async def _write_big(url: str) -> None:
@@ -139,21 +134,14 @@ async def _write_big(url: str) -> None:
 
     client = hdfs_native.AsyncClient(url)
     await client.mkdirs(f"{HDFS_ROOT}/big", create_parent=True)
-    w = await client.create(f"{HDFS_ROOT}/{BIG_KEY}", WriteOptions(overwrite=True))
-    chunk = 8  # MiB a write
-    for first in range(0, BIG_SIZE // MIB, chunk):
-        await w.write(b"".join(big_mib(i) for i in range(first, first + chunk)))
-    await w.close()
-    st = await client.get_file_info(f"{HDFS_ROOT}/{BIG_KEY}")
-    if st.length != BIG_SIZE:
-        raise RuntimeError(f"wrote {st.length} bytes of {BIG_KEY}, wanted {BIG_SIZE}")
+    await write_big_object(client, WriteOptions(overwrite=True))
 
 
 def write_big(hdfs: HdfsCluster) -> float:
     """Only the 1 GiB object of bench/run.py's data set (same bytes); the small objects are
     not needed here."""
     t0 = time.monotonic()
-    with _hdfs_user(hdfs.superuser):
+    with as_hdfs_user(hdfs.superuser):
         asyncio.run(_write_big(hdfs.url))
     return time.monotonic() - t0
 
@@ -205,7 +193,7 @@ def iperf3_loopback(seconds: float) -> dict[str, Any]:
             time.sleep(0.1)
         return {"error": f"iperf3 failed: {last}"}
     finally:
-        _kill_group(srv)
+        stop_group(srv, grace=5.0)
 
 
 SOCKET_SENDER = r"""
@@ -250,19 +238,7 @@ def python_socket_copy(seconds: float) -> dict[str, Any]:
         return {"error": f"python socket copy failed: {exc!r}"}
     finally:
         lsock.close()
-        _kill_group(proc)
-
-
-def _kill_group(proc: subprocess.Popen[Any], grace: float = 5.0) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(grace)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(5)
+        stop_group(proc, grace=5.0)
 
 
 # ---- helpers: HDFS counter, RSS, requests --------------------------------------------------
@@ -352,41 +328,10 @@ class RssSampler:
 
 
 def presign_big(endpoint: str) -> str:
-    import boto3
-    from botocore.config import Config
-
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=ADMIN_KEY,
-        aws_secret_access_key=ADMIN_SECRET,
-        region_name="us-east-1",
-        config=Config(signature_version="s3v4", retries={"max_attempts": 1}),
-    )
-    url: str = s3.generate_presigned_url(
+    url: str = presigner(endpoint).generate_presigned_url(
         "get_object", Params={"Bucket": BUCKET, "Key": BIG_KEY}, ExpiresIn=3600
     )
     return url
-
-
-def status_of(url: str, method: str = "HEAD") -> int:
-    parts = urlsplit(url)
-    assert parts.hostname == LOOPBACK
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-    try:
-        conn.request(method, parts.path + ("?" + parts.query if parts.query else ""))
-        resp = conn.getresponse()
-        resp.read()
-        return resp.status
-    finally:
-        conn.close()
-
-
-def tamper(url: str) -> str:
-    m = re.search(r"X-Amz-Signature=([0-9a-f]+)", url)
-    assert m is not None
-    sig = m.group(1)
-    return url[: m.start(1)] + sig[:-1] + ("0" if sig[-1] != "0" else "1") + url[m.end(1) :]
 
 
 def scrape_metrics(endpoint: str) -> dict[str, float]:
@@ -417,27 +362,8 @@ def scrape_metrics(endpoint: str) -> dict[str, float]:
     return out
 
 
-def content_ok(r: StreamResult) -> bool:
-    return (
-        r.status == 200
-        and r.received == BIG_SIZE
-        and r.first_mib == big_mib(0)
-        and r.last_mib == big_mib(BIG_SIZE // MIB - 1)
-    )
-
-
 def one_get(url: str) -> dict[str, Any]:
-    r = stream_get(url, timeout=300)
-    ok = content_ok(r)
-    return {
-        "gbps": r.gbps,
-        "value": r.gbps if ok else None,
-        "seconds": r.seconds,
-        "ttfb_ms": r.ttfb_seconds * 1000,
-        "status": r.status,
-        "received": r.received,
-        "content_ok": ok,
-    }
+    return big_get_fields(stream_get(url, timeout=300))
 
 
 def concurrent_gets(url: str, n: int) -> dict[str, Any]:
@@ -466,7 +392,7 @@ def concurrent_gets(url: str, n: int) -> dict[str, Any]:
         t.join()
     wall = max(ends) - min(starts)
     received = sum(r.received for r in results if r is not None)
-    oks = [r is not None and content_ok(r) for r in results]
+    oks = [r is not None and big_content_ok(r) for r in results]
     per = [r.gbps for r in results if r is not None]
     ttfb = [r.ttfb_seconds * 1000 for r in results if r is not None]
     return {
@@ -478,9 +404,9 @@ def concurrent_gets(url: str, n: int) -> dict[str, Any]:
         "all_content_ok": all(oks),
         "failed": [e for e in errors if e]
         + [
-            f"status {r.status}, {r.received} bytes, content ok {content_ok(r)}"
+            f"status {r.status}, {r.received} bytes, content ok {big_content_ok(r)}"
             for r in results
-            if r is not None and not content_ok(r)
+            if r is not None and not big_content_ok(r)
         ],
         "per_stream_gbps_min": min(per) if per else None,
         "per_stream_gbps_max": max(per) if per else None,
@@ -595,7 +521,7 @@ def phase_single(name: str, ctx: Ctx, tag: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with running(name, ctx, tag) as side:
         url = presign_big(side.endpoint)
-        out["auth_check_status"] = status_of(tamper(url))  # wanted 403: auth is enforced
+        out["auth_check_status"] = request(tamper(url), "HEAD")[0]  # wanted 403: auth is on
         out["evict"] = evict_datanode_blocks(ctx.hdfs)
         br0 = settled_bytes_read(ctx.hdfs)
         out["cold"] = measured(ctx, side, lambda: one_get(url))
@@ -671,11 +597,6 @@ def run_phase(fn: Callable[..., dict[str, Any]], name: str, ctx: Ctx, tag: str) 
 # ---- summary ---------------------------------------------------------------------------------
 
 
-def _med(xs: list[Any]) -> float | None:
-    vals = [x for x in xs if isinstance(x, int | float) and x == x]
-    return statistics.median(vals) if vals else None
-
-
 def _get(d: Any, *path: Any) -> Any:
     for p in path:
         if isinstance(d, dict):
@@ -692,7 +613,7 @@ def side_values(rounds: list[dict[str, Any]], side: str) -> dict[str, Any]:
     singles = [r["single"].get(side) or {} for r in rounds]
     herds = [r["herd"].get(side) or {} for r in rounds]
     cached_med = [
-        _med([c.get("value") for c in s.get("cached", [])]) if s.get("cached") else None
+        median([c.get("value") for c in s.get("cached", [])]) if s.get("cached") else None
         for s in singles
     ]
     rss = [_get(s, "stream10", "peak_rss") for s in singles]
@@ -701,28 +622,28 @@ def side_values(rounds: list[dict[str, Any]], side: str) -> dict[str, Any]:
     life = [x for x in (_get(h, "herd", "peak_rss_lifetime") for h in herds) if x]
     life += [x for x in (s.get("peak_rss_before_row") for s in singles) if x]
     return {
-        "cold": _med([_get(s, "cold", "value") for s in singles]),
-        "cold_hdfs_amp": _med(
+        "cold": median([_get(s, "cold", "value") for s in singles]),
+        "cold_hdfs_amp": median(
             [(_get(s, "cold", "hdfs_bytes") or float("nan")) / BIG_SIZE for s in singles]
         ),
-        "cached": _med(cached_med),
-        "cached_2nd": _med([_get(s, "cached", 0, "value") for s in singles]),
+        "cached": median(cached_med),
+        "cached_2nd": median([_get(s, "cached", 0, "value") for s in singles]),
         "cached_all": [c.get("gbps") for s in singles for c in s.get("cached", [])],
-        "cached_hdfs_amp": _med(
+        "cached_hdfs_amp": median(
             [(s.get("cached_hdfs_bytes") or float("nan")) / BIG_SIZE for s in singles]
         ),
-        "stream10_gbps": _med([_get(s, "stream10", "value") for s in singles]),
+        "stream10_gbps": median([_get(s, "stream10", "value") for s in singles]),
         "rss_mb": max(rss) / MB if rss else None,
         "rss_sampled_mb": max(sampled) / MB if sampled else None,
         "rss_lifetime_mb": max(life) / MB if life else None,
-        "herd": _med([_get(h, "herd", "value") for h in herds]),
-        "herd_amp_raw": _med([_get(h, "herd", "hdfs_amp_raw") for h in herds]),
-        "herd_amp_corrected": _med([_get(h, "herd", "hdfs_amp_corrected") for h in herds]),
+        "herd": median([_get(h, "herd", "value") for h in herds]),
+        "herd_amp_raw": median([_get(h, "herd", "hdfs_amp_raw") for h in herds]),
+        "herd_amp_corrected": median([_get(h, "herd", "hdfs_amp_corrected") for h in herds]),
         "herd_amp_raw_max": max(
             [x for x in (_get(h, "herd", "hdfs_amp_raw") for h in herds) if x is not None],
             default=None,
         ),
-        "herd_wall": _med([_get(h, "herd", "wall_s") for h in herds]),
+        "herd_wall": median([_get(h, "herd", "wall_s") for h in herds]),
         "errors": [
             f"round {i + 1} {ph}: {d['error']}"
             for i, r in enumerate(rounds)
@@ -788,12 +709,6 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
-def _x(r: float | None) -> str:
-    if r is None:
-        return "-"
-    return f"{r:.2f}x" if r >= 0.1 else f"{r:.2g}x"
-
-
 def _f(v: float | None, fmt: str = "{:.2f}") -> str:
     return "-" if v is None else fmt.format(v)
 
@@ -822,15 +737,15 @@ def summarise(doc: dict[str, Any]) -> dict[str, Any]:
         )
 
     ours = [s for s in sides if s != PEER]
-    cached_r = {s: _ratio(vals[s]["cached"], peer.get("cached")) for s in ours}
-    row(
-        "cached",
-        "GET 1 GiB, cached (2nd-4th read, median), GB/s",
-        f">= {TARGETS['cached_vs_peer']:g}x peer",
-        {s: _f(vals[s]["cached"]) for s in sides},
-        cached_r,
-        {s: None if r is None else r >= TARGETS["cached_vs_peer"] for s, r in cached_r.items()},
-    )
+
+    def vs_peer(key: str, label: str) -> None:
+        """A GB/s row whose target is TARGETS[key_vs_peer] times the peer's figure."""
+        target = TARGETS[f"{key}_vs_peer"]
+        ratios = {s: _ratio(vals[s][key], peer.get(key)) for s in ours}
+        ok = {s: None if r is None else r >= target for s, r in ratios.items()}
+        row(key, label, f">= {target:g}x peer", {s: _f(vals[s][key]) for s in sides}, ratios, ok)
+
+    vs_peer("cached", "GET 1 GiB, cached (2nd-4th read, median), GB/s")
     lb = {s: _ratio(vals[s]["cached"], limit) for s in sides}
     best = best_loopback(doc["loopback"])
     lb_best = {s: _ratio(vals[s]["cached"], best) for s in sides}
@@ -847,15 +762,7 @@ def summarise(doc: dict[str, Any]) -> dict[str, Any]:
         {},
         {s: None if lb[s] is None else lb[s] >= TARGETS["cached_vs_loopback"] for s in ours},
     )
-    herd_r = {s: _ratio(vals[s]["herd"], peer.get("herd")) for s in ours}
-    row(
-        "herd",
-        f"{HERD} concurrent readers of one cold 1 GiB object, aggregate GB/s",
-        f">= {TARGETS['herd_vs_peer']:g}x peer",
-        {s: _f(vals[s]["herd"]) for s in sides},
-        herd_r,
-        {s: None if r is None else r >= TARGETS["herd_vs_peer"] for s, r in herd_r.items()},
-    )
+    vs_peer("herd", f"{HERD} concurrent readers of one cold 1 GiB object, aggregate GB/s")
     row(
         "herd_hdfs",
         f"the same: DataNode BytesRead / object size, raw (checksum-corrected: "
@@ -885,14 +792,8 @@ def summarise(doc: dict[str, Any]) -> dict[str, Any]:
             for s in ours
         },
     )
-    cold_r = {s: _ratio(vals[s]["cold"], peer.get("cold")) for s in ours}
-    row(
-        "cold",
-        "GET 1 GiB, cold (1st read, single reader, HDFS blocks not in page cache), GB/s",
-        f">= {TARGETS['cold_vs_peer']:g}x peer",
-        {s: _f(vals[s]["cold"]) for s in sides},
-        cold_r,
-        {s: None if r is None else r >= TARGETS["cold_vs_peer"] for s, r in cold_r.items()},
+    vs_peer(
+        "cold", "GET 1 GiB, cold (1st read, single reader, HDFS blocks not in page cache), GB/s"
     )
     return {"values": vals, "loopback_limit": limit, "rows": rows}
 
@@ -902,13 +803,13 @@ def render_table(summary: dict[str, Any], sides: list[str]) -> str:
     head = ["row", "target", *sides]
     head += [f"{s} / peer" for s in ours]
     head += [f"verdict {s}" for s in ours]
-    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+    rows = []
     for r in summary["rows"]:
         cells = [r["label"], r["target"], *(r["cells"].get(s, "-") for s in sides)]
-        cells += [_x(r["ratio"].get(s)) for s in ours]
+        cells += [ratio_text(r["ratio"].get(s)) for s in ours]
         cells += [_verdict(r["ok"].get(s)) for s in ours]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return markdown_table(head, rows, left=2)
 
 
 def _cpu(c: dict[str, float] | None) -> str:
@@ -1184,7 +1085,7 @@ def auto_notes(doc: dict[str, Any], summary: dict[str, Any]) -> list[str]:
         ):
             pb = best[PEER].get(key)
             cells = [
-                f"{s} {best[s][key]:.2f} ({_x(_ratio(best[s][key], pb))})"
+                f"{s} {best[s][key]:.2f} ({ratio_text(_ratio(best[s][key], pb))})"
                 for s in sides
                 if s != PEER and best[s].get(key)
             ]
@@ -1278,17 +1179,14 @@ def render_section(doc: dict[str, Any], summary: dict[str, Any], notes: list[str
                 f"- `{s}` {f['hdfs-s3-gateway']}: `Gateway(..., cache_enabled=True, "
                 "auth_secret=...)` in its own process (no data cache: it reads HDFS every time)"
             )
-    la0 = " / ".join(f"{x:.2f}" for x in f["loadavg_start"])
-    la1 = " / ".join(f"{x:.2f}" for x in f.get("loadavg_end", ()))
     parts = [
         f"## {SECTION}",
         "",
         f"Run {f['date']}: `{cfg['command']}` - {cfg['rounds']} round(s); whole run "
         f"{cfg['elapsed']:.0f} s.",
         "",
-        f"Machine: nproc {f['nproc']}, {f['mem_gib']} GiB RAM, {f['cpu_model']}, Linux "
-        f"{f['kernel']}; load average {la0} at the start, {la1} at the end (a shared machine: "
-        "other jobs ran beside this one). Versions: unionstore "
+        machine_text(f) + " (a shared machine: other jobs ran beside this one). Versions: "
+        "unionstore "
         f"{f['unionstore']}; hdfs-native {f['hdfs-native']}; hypercorn {f['hypercorn']}, "
         f"uvloop {f['uvloop']}; Hadoop {f['hadoop']}; Python {f['python']}.",
         "",
@@ -1335,22 +1233,32 @@ def render_section(doc: dict[str, Any], summary: dict[str, Any], notes: list[str
         "",
         render_details(doc),
         "",
+        *notes_lines(notes, "script"),
     ]
-    if notes:
-        parts += ["Notes from this run (written by the script from its measurements):", ""]
-        parts += [f"- {n}" for n in notes]
-        parts.append("")
     return "\n".join(parts)
 
 
-def plot(summary: dict[str, Any], sides: list[str], path: Path) -> bool:
-    try:
-        import matplotlib
+def _side_bars(
+    ax: Any,
+    values: dict[str, float | None],
+    colors: dict[str, str],
+    fmt: str,
+    target: float,
+    target_label: str,
+) -> None:
+    """One labelled bar per side (in the order of `values`) and the target as a red line."""
+    for i, (side, v) in enumerate(values.items()):
+        if v is not None:
+            ax.bar(i, v, 0.7, color=colors.get(side, "grey"))
+            ax.text(i, v, fmt.format(v), ha="center", va="bottom", fontsize=8)
+    ax.axhline(target, color="red", linestyle="--", linewidth=1.5, label=target_label)
+    labels = [s.replace("unionstore-", "us-") for s in values]
+    ax.set_xticks(range(len(values)), labels, fontsize=8)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log("matplotlib is not installed: no plot (pip install matplotlib)")
+
+def plot(summary: dict[str, Any], sides: list[str], path: Path) -> bool:
+    plt = pyplot(log)
+    if plt is None:
         return False
     vals = summary["values"]
     ours = [s for s in sides if s != PEER]
@@ -1394,22 +1302,12 @@ def plot(summary: dict[str, Any], sides: list[str], path: Path) -> bool:
 
     # 2: HDFS bytes per object, 16 cold readers (log scale).
     ax = axes[1]
-    for i, s in enumerate(sides):
-        v = vals[s]["herd_amp_corrected"]
-        if v is not None:
-            ax.bar(i, v, 0.7, color=colors.get(s, "grey"))
-            ax.text(i, v, f"{v:.2f}x", ha="center", va="bottom", fontsize=8)
-    ax.axhline(
-        TARGETS["herd_hdfs_amp"],
-        color="red",
-        linestyle="--",
-        linewidth=1.5,
-        label=f"target <= {TARGETS['herd_hdfs_amp']:g}x",
-    )
+    amps = {s: vals[s]["herd_amp_corrected"] for s in sides}
+    target = TARGETS["herd_hdfs_amp"]
+    _side_bars(ax, amps, colors, "{:.2f}x", target, f"target <= {target:g}x")
     ax.set_yscale("log")
-    top = max((vals[s]["herd_amp_corrected"] or 1.0) for s in sides)
+    top = max((v or 1.0) for v in amps.values())
     ax.set_ylim(0.5, max(2.0, top * 2))
-    ax.set_xticks(range(len(sides)), [s.replace("unionstore-", "us-") for s in sides], fontsize=8)
     ax.set_title(
         f"{HERD} cold readers: HDFS bytes / object\n(checksum-corrected, lower is better)",
         fontsize=10,
@@ -1418,19 +1316,9 @@ def plot(summary: dict[str, Any], sides: list[str], path: Path) -> bool:
 
     # 3: peak RSS, 10 streams.
     ax = axes[2]
-    for i, s in enumerate(sides):
-        v = vals[s]["rss_mb"]
-        if v is not None:
-            ax.bar(i, v, 0.7, color=colors.get(s, "grey"))
-            ax.text(i, v, f"{v:.0f}", ha="center", va="bottom", fontsize=8)
-    ax.axhline(
-        TARGETS["rss_mb"],
-        color="red",
-        linestyle="--",
-        linewidth=1.5,
-        label=f"target < {TARGETS['rss_mb']:g} MB",
-    )
-    ax.set_xticks(range(len(sides)), [s.replace("unionstore-", "us-") for s in sides], fontsize=8)
+    target = TARGETS["rss_mb"]
+    rss = {s: vals[s]["rss_mb"] for s in sides}
+    _side_bars(ax, rss, colors, "{:.0f}", target, f"target < {target:g} MB")
     ax.set_ylabel("MB")
     ax.set_title(f"peak RSS, {STREAMERS} cached 1 GiB streams\n(lower is better)", fontsize=10)
     ax.legend(fontsize=8)
@@ -1440,10 +1328,7 @@ def plot(summary: dict[str, Any], sides: list[str], path: Path) -> bool:
         "(shared 2-core machine)",
         fontsize=11,
     )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(plt, fig, path)
     return True
 
 
@@ -1515,18 +1400,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     argv_used = sys.argv[1:] if argv is None else argv
     t_start = time.monotonic()
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGALRM):
-        signal.signal(sig, _on_signal)
-    signal.setitimer(signal.ITIMER_REAL, args.time_limit)
+    arm_time_limit(args.time_limit)
     facts = machine_facts()
     workdir = Path(tempfile.mkdtemp(prefix="unionstore-bench-caching-"))
     hdfs = HdfsCluster()
     rounds: list[dict[str, Any]] = []
     loop: list[dict[str, Any]] = []
     quiet: QuietWaiter | None = None
-    aborted: str | None = None
     data_seconds = 0.0
-    try:
+
+    def stop() -> None:
+        log("stopping HDFS")
+        hdfs.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    with guarded_run(stop, log) as ending:
         log(f"starting HDFS (work folder {workdir})")
         hdfs.start()
         log(f"HDFS up in {hdfs.startup_seconds:.1f} s; writing the {BIG_SIZE // MIB} MiB object")
@@ -1546,24 +1434,7 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"round {rnd + 1}/{args.rounds}: {phase} on {name}")
                     r[phase][name] = run_phase(fn, name, ctx, f"r{rnd}-{phase}-{name}")
         loop += measure_loopback(args.iperf_seconds)
-    except (Interrupted, KeyboardInterrupt) as exc:
-        aborted = f"interrupted ({exc or 'Ctrl-C'})"
-    except BaseException as exc:
-        aborted = f"error: {exc!r}"
-        raise
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGALRM, signal.SIGINT):
-            signal.signal(sig, signal.SIG_IGN)  # let the cleanup finish
-        log("stopping HDFS")
-        hdfs.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGALRM):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        if aborted:
-            log(f"aborted: {aborted}; everything started was stopped")
-    if aborted and not rounds:
+    if ending.aborted and not rounds:
         return 130
     facts["loadavg_end"] = os.getloadavg()
     doc = {
@@ -1577,18 +1448,16 @@ def main(argv: list[str] | None = None) -> int:
             "data_write_seconds": data_seconds,
             "quiet_below": args.quiet_below,
             "quiet_waited": quiet.waited if quiet is not None else 0.0,
-            "aborted": aborted,
+            "aborted": ending.aborted,
         },
         "loopback": loop,
         "rounds": rounds,
     }
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    raw = args.results_dir / f"{stamp}-caching.json"
-    raw.write_text(json.dumps(doc, indent=2, default=str))
+    raw = stamped_path(args.results_dir, "caching")
+    write_json(raw, doc)
     report(doc, args)
     log(f"raw results: {raw}")
-    return 130 if aborted else 0
+    return 130 if ending.aborted else 0
 
 
 def report(doc: dict[str, Any], args: argparse.Namespace) -> None:
@@ -1600,8 +1469,7 @@ def report(doc: dict[str, Any], args: argparse.Namespace) -> None:
     print(render_table(summary, sides))
     print()
     print(render_details(doc))
-    if notes:
-        print("\nNotes:\n" + "\n".join(f"- {n}" for n in notes))
+    print_notes(notes)
     if args.no_write:
         return
     args.out.parent.mkdir(parents=True, exist_ok=True)

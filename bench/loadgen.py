@@ -34,11 +34,31 @@ __all__ = [
     "LoadResult",
     "StreamResult",
     "build_request",
+    "loopback_address",
+    "new_loop",
     "percentile",
     "run_load",
+    "set_nodelay",
     "stream_get",
     "wrk_available",
 ]
+
+
+def loopback_address(url: str) -> tuple[str, int]:
+    """(host, port) of `url`; a ValueError unless it is a loopback address."""
+    parts = urlsplit(url)
+    host, port = parts.hostname, parts.port
+    assert host is not None and port is not None
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise ValueError(f"refusing to load a non-loopback address: {host}")
+    return host, port
+
+
+def set_nodelay(transport: asyncio.BaseTransport) -> None:
+    """Send small writes (requests) at once: no Nagle delay."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def build_request(url: str, method: str = "GET") -> bytes:
@@ -137,9 +157,7 @@ class _Conn(asyncio.Protocol):
     # -- lifecycle
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        set_nodelay(transport)
         self._send()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -289,7 +307,7 @@ class _Conn(asyncio.Protocol):
             del buf[: eol + 2 + size + 2]
 
 
-def _new_loop() -> asyncio.AbstractEventLoop:
+def new_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency of the gateway
@@ -490,11 +508,7 @@ def run_load(
     """Drive `connections` keep-alive connections through `urls` (all on one host:port) for
     `seconds`; return what completed inside the window. With `max_requests`, stop after
     sending that many (e.g. one warm-up pass over every URL); `seconds` is then a time cap."""
-    parts = urlsplit(urls[0])
-    host, port = parts.hostname, parts.port
-    assert host is not None and port is not None
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        raise ValueError(f"refusing to load a non-loopback address: {host}")
+    host, port = loopback_address(urls[0])
     if backend == "wrk":
         if max_requests is not None:
             raise ValueError("max_requests needs the python backend")
@@ -502,7 +516,7 @@ def run_load(
     if backend != "python":
         raise ValueError(f"unknown load generator backend {backend!r}")
     requests = [build_request(u, method) for u in urls]
-    with asyncio.Runner(loop_factory=_new_loop) as runner:
+    with asyncio.Runner(loop_factory=new_loop) as runner:
         return runner.run(
             _python_load(
                 host, port, requests, connections, seconds, method == "HEAD", expect, max_requests
@@ -527,11 +541,7 @@ class StreamResult:
 
 def stream_get(url: str, bufsize: int = 1 << 20, timeout: float = 120.0) -> StreamResult:
     """GET `url` on a fresh connection and discard the body; keep its first and last MiB."""
-    parts = urlsplit(url)
-    host, port = parts.hostname, parts.port
-    assert host is not None and port is not None
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        raise ValueError(f"refusing to load a non-loopback address: {host}")
+    host, port = loopback_address(url)
     req = build_request(url, "GET")
     buf = bytearray(bufsize)
     view = memoryview(buf)

@@ -42,34 +42,41 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
 import itertools
-import json
 import math
 import os
-import platform
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `python bench/ratelimit.py` works too, not only `-m`
     sys.path.insert(0, str(REPO))
 
-from bench.loadgen import build_request  # noqa: E402
+from bench.common import (  # noqa: E402
+    MIB,
+    git_head,
+    host_facts,
+    loadavg_text,
+    machine_cpu,
+    machine_text,
+    markdown_table,
+    proc_cpu_seconds,
+    pyplot,
+    save_figure,
+    stamped_path,
+    write_json,
+)
+from bench.loadgen import build_request, loopback_address, new_loop, set_nodelay  # noqa: E402
 from tests.support.gateway import GatewayProcess  # noqa: E402
 
 MB = 1_000_000  # rates are in MB = 10^6 bytes, as the gateway parses "50MB/s"
-MIB = 1 << 20
 BUCKET = "ratelimit"
 KEY = "random.bin"
 MODES = ("global", "per_connection")
@@ -84,7 +91,6 @@ STALLS_EXPLAIN = 0.8  # stalls hold at least this share of the missing bytes: ma
 LOOP_SATURATED = 90.0  # the gateway's loop running or runnable this % of the time: machine
 CLIENT_BOUND_CPU = 90.0  # load generator above this % of one core: client-bound
 SAMPLE_EVERY = 0.1  # seconds between samples of the per-connection byte counters
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def log(msg: str) -> None:
@@ -124,9 +130,7 @@ class _Stream(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        set_nodelay(transport)
         self._send()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -206,14 +210,6 @@ class CpuSnapshot:
     loop_run: float  # seconds the gateway's event loop thread ran
 
 
-def _proc_cpu(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 def _schedstat(pid: int) -> tuple[float, float]:
     """(seconds on a CPU, seconds runnable but waiting for a CPU) of the thread ``pid``
     (the main thread: the gateway's event loop), from ``/proc/PID/schedstat``."""
@@ -224,17 +220,10 @@ def _schedstat(pid: int) -> tuple[float, float]:
         return float("nan"), float("nan")
 
 
-def _machine_cpu() -> tuple[float, float]:
-    parts = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    # user nice system idle iowait irq softirq steal
-    busy = parts[0] + parts[1] + parts[2] + parts[5] + parts[6] + parts[7]
-    return busy / CLK_TCK, parts[7] / CLK_TCK
-
-
 def cpu_snapshot(gateway_pid: int) -> CpuSnapshot:
     t = os.times()
-    busy, steal = _machine_cpu()
-    gw_cpu, (loop_run, loop_wait) = _proc_cpu(gateway_pid), _schedstat(gateway_pid)
+    busy, steal = machine_cpu()
+    gw_cpu, (loop_run, loop_wait) = proc_cpu_seconds(gateway_pid), _schedstat(gateway_pid)
     return CpuSnapshot(
         time.perf_counter(), t.user + t.system, gw_cpu, busy, steal, loop_wait, loop_run
     )
@@ -366,25 +355,12 @@ async def _throttled_seconds(host: str, port: int) -> dict[str, float]:
     return out
 
 
-def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency of the gateway
-        return asyncio.new_event_loop()
-    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    return loop
-
-
 def measure(
     url: str, length: int, connections: int, warmup: float, seconds: float, gateway_pid: int
 ) -> Measured:
-    parts = urlsplit(url)
-    host, port = parts.hostname, parts.port
-    assert host is not None and port is not None
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        raise ValueError(f"refusing to load a non-loopback address: {host}")
+    host, port = loopback_address(url)
     request = build_request(url, "GET")
-    with asyncio.Runner(loop_factory=_new_loop) as runner:
+    with asyncio.Runner(loop_factory=new_loop) as runner:
         return runner.run(
             _measure(host, port, request, length, connections, warmup, seconds, gateway_pid)
         )
@@ -589,35 +565,9 @@ class Cell:
 
 
 def machine_facts() -> dict[str, Any]:
-    cpu_model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    mem_kib = 0
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_kib = int(line.split()[1])
-    git = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
     import unionstore
 
-    return {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": os.cpu_count(),
-        "mem_gib": round(mem_kib / 1024 / 1024, 1),
-        "cpu_model": cpu_model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "unionstore": f"{unionstore.__version__} (git {git or '?'})",
-        "loadavg_start": os.getloadavg(),
-    }
+    return {**host_facts(), "unionstore": f"{unionstore.__version__} (git {git_head() or '?'})"}
 
 
 def _mbs(x: float) -> str:
@@ -713,8 +663,6 @@ def render_markdown(
     limited = [c for c in cells if c.mode != "unlimited"]
     passed = sum(c.passed for c in limited)
     bound = [c for c in limited if c.machine_bound]
-    load = " / ".join(f"{x:.2f}" for x in facts["loadavg_start"])
-    load_end = " / ".join(f"{x:.2f}" for x in facts.get("loadavg_end", ()))
     out = [
         "## Rate limits (issue 5)",
         "",
@@ -723,9 +671,7 @@ def render_markdown(
         f"{args.warmup:g} s warm-up; whole run {facts.get('elapsed', 0):.0f} s. "
         f"unionstore {facts['unionstore']}, Python {facts['python']}.",
         "",
-        f"Machine: nproc {facts['nproc']}, {facts['mem_gib']} GiB RAM, {facts['cpu_model']}, "
-        f"Linux {facts['kernel']}; load average {load} at the start, {load_end} at the end "
-        "(shared machine: other jobs ran beside this one).",
+        machine_text(facts) + " (shared machine: other jobs ran beside this one).",
         "",
         "Method:",
         "- One `unionstore serve` process (1 worker, uvloop) serving a local folder (`file://` "
@@ -782,9 +728,7 @@ def render_markdown(
         f"leave it idle. A cell short of its rate with the sum at {LOOP_SATURATED:.0f} % or "
         "more is machine-bound too.",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
-        *("| " + " | ".join(r) + " |" for r in rows),
+        markdown_table(header, rows, left=len(header)),
         "",
         f"Verdict: {passed} of {len(limited)} cells meet their targets (within "
         f"{TOLERANCE:.0%} of the configured rate, or machine-bound; Jain > {JAIN_TARGET}); "
@@ -806,13 +750,8 @@ def render_markdown(
 
 
 def write_plot(cells: list[Cell], path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log("matplotlib is not installed: no plot (pip install matplotlib)")
+    plt = pyplot(log)
+    if plt is None:
         return False
     limited = [c for c in cells if c.mode != "unlimited"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
@@ -843,10 +782,7 @@ def write_plot(cells: list[Cell], path: Path) -> bool:
     axes[0].set_ylabel("achieved / configured")
     axes[0].set_ylim(0, 1.3)
     fig.suptitle("unionstore egress limits: achieved vs configured rate (±5 % band)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(plt, fig, path)
     return True
 
 
@@ -1009,8 +945,8 @@ def main(argv: list[str] | None = None) -> int:
     limited = [c for c in cells if c.mode != "unlimited"]
     print(
         f"\n{sum(c.passed for c in limited)} of {len(limited)} cells meet their targets; "
-        f"load average {' / '.join(f'{x:.2f}' for x in facts['loadavg_start'])} at the start, "
-        f"{' / '.join(f'{x:.2f}' for x in facts['loadavg_end'])} at the end; "
+        f"load average {loadavg_text(facts['loadavg_start'])} at the start, "
+        f"{loadavg_text(facts['loadavg_end'])} at the end; "
         f"{facts['elapsed']:.0f} s"
     )
     if args.no_write:
@@ -1025,19 +961,13 @@ def main(argv: list[str] | None = None) -> int:
             log(f"plot: {plot_path}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_markdown(cells, facts, args, plot_ref))
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    raw = out.parent / f"{stamp}-ratelimit.json"
-    raw.write_text(
-        json.dumps(
-            {
-                "facts": facts,
-                "args": {k: v for k, v in vars(args).items() if k != "facts"},
-                "cells": [c.to_dict() for c in cells],
-            },
-            indent=1,
-            default=str,
-        )
-    )
+    raw = stamped_path(out.parent, "ratelimit")
+    doc = {
+        "facts": facts,
+        "args": {k: v for k, v in vars(args).items() if k != "facts"},
+        "cells": [c.to_dict() for c in cells],
+    }
+    write_json(raw, doc, indent=1)
     log(f"wrote {out} and {raw}")
     return 0
 

@@ -20,11 +20,8 @@ import _thread
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
-import http.client
 import json
 import os
-import platform
 import random
 import re
 import shutil
@@ -42,12 +39,38 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as pkg_version
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `python bench/run.py` works too, not only `-m bench.run`
     sys.path.insert(0, str(REPO))
 
+from bench.common import (  # noqa: E402
+    BIG_KEY,
+    BIG_SIZE,
+    BUCKET,
+    HDFS_ROOT,
+    MIB,
+    arm_time_limit,
+    big_get_fields,
+    git_dirty,
+    git_head,
+    guarded_run,
+    host_facts,
+    machine_cpu,
+    machine_text,
+    markdown_table,
+    median,
+    notes_lines,
+    presigner,
+    print_notes,
+    proc_cpu_seconds,
+    ratio_text,
+    request,
+    stamped_path,
+    tamper,
+    write_big_object,
+    write_json,
+)
 from bench.loadgen import (  # noqa: E402
     LoadResult,
     percentile,
@@ -55,17 +78,12 @@ from bench.loadgen import (  # noqa: E402
     stream_get,
     wrk_available,
 )
-from tests.support.gateway import ADMIN_KEY, ADMIN_SECRET, GatewayProcess  # noqa: E402
-from tests.support.hdfs import HdfsCluster  # noqa: E402
+from tests.support.gateway import ADMIN_SECRET, GatewayProcess  # noqa: E402
+from tests.support.hdfs import HdfsCluster, stop_group  # noqa: E402
 from tests.support.ports import LOOPBACK, free_port, log_tail, wait_for_port  # noqa: E402
 
 # ---- the data set --------------------------------------------------------------------------
 
-BUCKET = "bench"
-HDFS_ROOT = "/bench"
-MIB = 1 << 20
-BIG_KEY = "big/1GiB.bin"
-BIG_SIZE = 1 << 30
 SMALL_PREFIX = "small/"
 SMALL_COUNT = 1000
 SMALL_SIZE = 100 * 1024
@@ -107,14 +125,6 @@ def small_bytes(i: int) -> bytes:
     return random.Random(f"small-{i}").randbytes(SMALL_SIZE)
 
 
-_BIG_BASE = random.Random("big").randbytes(MIB)
-
-
-def big_mib(i: int) -> bytes:
-    """MiB number i of the 1 GiB object: its index (8 bytes, big-endian) + fixed random bytes."""
-    return i.to_bytes(8, "big") + _BIG_BASE[8:]
-
-
 def list_start_afters() -> list[str]:
     """start-after values that give SMALL_COUNT / LIST_PAGE distinct full pages."""
     return [""] + [small_key(p * LIST_PAGE - 1) for p in range(1, SMALL_COUNT // LIST_PAGE)]
@@ -137,14 +147,7 @@ async def _write_data_async(url: str) -> None:
             await w.close()
 
     await asyncio.gather(*(put_small(i) for i in range(SMALL_COUNT)))
-    w = await client.create(f"{HDFS_ROOT}/{BIG_KEY}", opts)
-    chunk = 8  # MiB a write
-    for first in range(0, BIG_SIZE // MIB, chunk):
-        await w.write(b"".join(big_mib(i) for i in range(first, first + chunk)))
-    await w.close()
-    st = await client.get_file_info(f"{HDFS_ROOT}/{BIG_KEY}")
-    if st.length != BIG_SIZE:
-        raise RuntimeError(f"wrote {st.length} bytes of {BIG_KEY}, wanted {BIG_SIZE}")
+    await write_big_object(client, opts)
 
 
 # The writer runs in a child process: once, an hdfs-native AsyncClient hung in its teardown
@@ -182,7 +185,7 @@ def write_data(hdfs: HdfsCluster, workdir: Path, timeout: float = 300.0) -> floa
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(0.5)
     finally:
-        _stop_group(proc, grace=2.0)
+        stop_group(proc, grace=2.0)
         WATCHDOG.unregister(proc.pid)
     text = out.read_text(errors="replace")
     if "DATA-OK" not in text:
@@ -299,23 +302,11 @@ class PeerProcess:
     def stop(self) -> None:
         if self.proc is None:
             return
-        _stop_group(self.proc)
+        stop_group(self.proc, grace=10.0)
         self.proc = None
 
     def log_tail(self) -> str:
         return log_tail(self.log_path)
-
-
-def _stop_group(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(grace)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(10)
 
 
 class Watchdog:
@@ -411,17 +402,7 @@ class Side:
         return group_peak_rss(self.pgid)
 
     def presign_all(self) -> None:
-        import boto3
-        from botocore.config import Config
-
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            aws_access_key_id=ADMIN_KEY,
-            aws_secret_access_key=ADMIN_SECRET,
-            region_name="us-east-1",
-            config=Config(signature_version="s3v4", retries={"max_attempts": 1}),
-        )
+        s3 = presigner(self.endpoint)
 
         def sign(op: str, **params: Any) -> str:
             url: str = s3.generate_presigned_url(
@@ -459,41 +440,18 @@ def start_side(name: str, hdfs: HdfsCluster, workdir: Path) -> Side:
 # ---- correctness (untimed) ---------------------------------------------------------------------
 
 
-def _request(url: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
-    parts = urlsplit(url)
-    assert parts.hostname == LOOPBACK
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-    try:
-        target = parts.path + ("?" + parts.query if parts.query else "")
-        conn.request(method, target)
-        resp = conn.getresponse()
-        body = resp.read()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
-    finally:
-        conn.close()
-
-
-def _tamper(url: str) -> str:
-    """The same pre-signed URL with its signature's last hex digit changed."""
-    m = re.search(r"X-Amz-Signature=([0-9a-f]+)", url)
-    assert m is not None
-    sig = m.group(1)
-    bad = sig[:-1] + ("0" if sig[-1] != "0" else "1")
-    return url[: m.start(1)] + bad + url[m.end(1) :]
-
-
 def check_side(side: Side) -> list[str]:
     """Both gateways must serve the same bytes and check signatures; returns problems found
     (an empty list when all is well). Problems are reported, not hidden."""
     problems: list[str] = []
-    status, headers, _ = _request(side.urls["head"][3], "HEAD")
+    status, headers, _ = request(side.urls["head"][3], "HEAD")
     if status != 200 or headers.get("content-length") != str(SMALL_SIZE):
         problems.append(f"HEAD {small_key(3)}: {status} length={headers.get('content-length')}")
-    status, _, body = _request(side.urls["get100k"][7])
+    status, _, body = request(side.urls["get100k"][7])
     if status != 200 or body != small_bytes(7):
         same = body == small_bytes(7)
         problems.append(f"GET {small_key(7)}: {status}, {len(body)} bytes, same bytes={same}")
-    status, _, body = _request(side.urls["list"][1])
+    status, _, body = request(side.urls["list"][1])
     want = [small_key(i) for i in range(LIST_PAGE, 2 * LIST_PAGE)]
     got: list[str] = []
     if status == 200:
@@ -501,34 +459,16 @@ def check_side(side: Side) -> list[str]:
         got = [el.text or "" for el in root.iter() if el.tag.endswith("}Key") or el.tag == "Key"]
     if status != 200 or got != want:
         problems.append(f"LIST page 2: {status}, {len(got)} keys, first={got[:1]}")
-    status, _, _ = _request(side.urls["missing"][0])
+    status, _, _ = request(side.urls["missing"][0])
     if status != 404:
         problems.append(f"GET of a missing key: {status}, wanted 404")
-    status, _, _ = _request(_tamper(side.urls["get100k"][0]))
+    status, _, _ = request(tamper(side.urls["get100k"][0]))
     if status != 403:
         problems.append(f"GET with a wrong signature: {status}, wanted 403 (auth not enforced?)")
     return problems
 
 
 # ---- CPU accounting --------------------------------------------------------------------------
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def machine_cpu() -> tuple[float, float]:
-    """(busy, steal) CPU seconds of the whole machine so far, from /proc/stat."""
-    parts = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    # user nice system idle iowait irq softirq steal
-    busy = parts[0] + parts[1] + parts[2] + parts[5] + parts[6] + parts[7]
-    return busy / CLK_TCK, parts[7] / CLK_TCK
 
 
 def self_cpu_seconds() -> float:
@@ -628,21 +568,10 @@ def measure_big(
         quiet = settings.quiet.wait() if settings.quiet else None
         with CpuWindow(side.pgid, jvms) as cpu:
             r = stream_get(url)
-        ok = (
-            r.status == 200
-            and r.received == BIG_SIZE
-            and r.first_mib == big_mib(0)
-            and r.last_mib == big_mib(BIG_SIZE // MIB - 1)
-        )
+        got = big_get_fields(r)
         out[label] = {
-            "value": r.gbps if ok else None,
-            "gbps": r.gbps,
-            "seconds": r.seconds,
-            "ttfb_ms": r.ttfb_seconds * 1000,
-            "status": r.status,
-            "received": r.received,
-            "content_ok": ok,
-            "errors": 0 if ok else 1,
+            **got,
+            "errors": 0 if got["content_ok"] else 1,
             "cpu_pct": cpu.pct,
             "quiet": quiet,
             "rss_peak_so_far": side.peak_rss(),
@@ -756,44 +685,15 @@ def _version(dist: str) -> str:
 
 
 def machine_facts() -> dict[str, Any]:
-    cpu_model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    mem_kib = 0
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_kib = int(line.split()[1])
     java = subprocess.run(["java", "-version"], capture_output=True, text=True, check=False)
-    git = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
     import unionstore
 
     return {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": os.cpu_count(),
+        **host_facts(),
         "affinity": len(os.sched_getaffinity(0)),
-        "mem_gib": round(mem_kib / 1024 / 1024, 1),
-        "cpu_model": cpu_model,
-        "kernel": platform.release(),
-        "loadavg_start": os.getloadavg(),
-        "python": platform.python_version(),
         "java": (java.stderr.splitlines() or ["?"])[0],
-        "unionstore": f"{unionstore.__version__} (git {git or '?'}"
-        f"{', uncommitted changes' if dirty else ''})",
+        "unionstore": f"{unionstore.__version__} (git {git_head() or '?'}"
+        f"{', uncommitted changes' if git_dirty() else ''})",
         "hdfs-s3-gateway": _version("hdfs-s3-gateway"),
         "hdfs-native": _version("hdfs-native"),
         "hypercorn": _version("hypercorn"),
@@ -857,9 +757,9 @@ def summarise(runs: list[dict[str, Any]], sides: list[str], connections: int) ->
                 "n": len(vals),
                 "errors": sum(int(m.get("errors") or 0) for m in ms),
                 "failed": [m["error"] for m in ms if m.get("error")],
-                "p50_ms": _med([m.get("p50_ms") for m in ms]),
-                "p99_ms": _med([m.get("p99_ms") for m in ms]),
-                "ttfb_ms": _med([m.get("ttfb_ms") for m in ms]),
+                "p50_ms": median([m.get("p50_ms") for m in ms]),
+                "p99_ms": median([m.get("p99_ms") for m in ms]),
+                "ttfb_ms": median([m.get("ttfb_ms") for m in ms]),
                 "cpu_pct": {k: statistics.median([c[k] for c in cpu]) for k in cpu[0]}
                 if cpu
                 else {},
@@ -881,11 +781,6 @@ def summarise(runs: list[dict[str, Any]], sides: list[str], connections: int) ->
     rss["ratio"] = _ratios(rss, sides)
     table.append(rss)
     return table
-
-
-def _med(xs: list[Any]) -> float | None:
-    vals = [x for x in xs if isinstance(x, int | float) and x == x]
-    return statistics.median(vals) if vals else None
 
 
 def _fmt(v: float | None, gb: bool) -> str:
@@ -913,25 +808,18 @@ def _short(side: str) -> str:
     return side.replace("unionstore", "us") if side != OURS else "us"
 
 
-def _x(r: float) -> str:
-    """A ratio: two decimals, or two significant digits below 0.1 (0.0035x, not 0.00x)."""
-    return f"{r:.2f}x" if r >= 0.1 else f"{r:.2g}x"
-
-
 def render_table(table: list[dict[str, Any]], sides: list[str]) -> str:
     ours = [s for s in sides if s != PEER]
     head = ["row", *sides]
     if PEER in sides:
         head += [f"ratio {s} / peer" for s in ours]
-    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    rows = []
     for e in table:
         cells = [e["label"], *(_cell(e, s) for s in sides)]
         if PEER in sides:
-            for s in ours:
-                r = e["ratio"].get(s)
-                cells.append("-" if r is None else _x(r))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            cells += [ratio_text(e["ratio"].get(s)) for s in ours]
+        rows.append(cells)
+    return markdown_table(head, rows)
 
 
 def render_details(table: list[dict[str, Any]], sides: list[str]) -> str:
@@ -980,15 +868,16 @@ def verdicts(table: list[dict[str, Any]], sides: list[str]) -> list[str]:
                 continue
             if e["id"] == "rss":
                 more = "more" if r > 1 else "less"
-                out.append(f"- {side}, {e['label']}: {_x(r)} the peer's ({more} memory).")
+                out.append(f"- {side}, {e['label']}: {ratio_text(r)} the peer's ({more} memory).")
             elif r >= 1.1:
-                out.append(f"- {side}, {e['label']}: faster than the peer ({_x(r)}).")
+                out.append(f"- {side}, {e['label']}: faster than the peer ({ratio_text(r)}).")
             elif r <= 0.9:
                 out.append(
-                    f"- {side}, {e['label']}: **loses** ({_x(r)}; the peer is {1 / r:.1f}x faster)."
+                    f"- {side}, {e['label']}: **loses** ({ratio_text(r)}; the peer is "
+                    f"{1 / r:.1f}x faster)."
                 )
             else:
-                out.append(f"- {side}, {e['label']}: about even ({_x(r)}).")
+                out.append(f"- {side}, {e['label']}: about even ({ratio_text(r)}).")
     return out
 
 
@@ -1045,10 +934,7 @@ def render_section(
         f"{cfg['connections']} connections, load generator `{cfg['backend']}`; "
         f"whole run {cfg['elapsed']:.0f} s.",
         "",
-        f"Machine: nproc {f['nproc']}, {f['mem_gib']} GiB RAM, {f['cpu_model']}, "
-        f"Linux {f['kernel']}; load average "
-        f"{' / '.join(f'{x:.2f}' for x in f['loadavg_start'])} at the start, "
-        f"{' / '.join(f'{x:.2f}' for x in f.get('loadavg_end', ()))} at the end.",
+        machine_text(f) + ".",
         "",
         f"Versions: unionstore {f['unionstore']}; hdfs-s3-gateway {f['hdfs-s3-gateway']}; "
         f"hdfs-native {f['hdfs-native']}; hypercorn {f['hypercorn']}, uvloop {f['uvloop']}; "
@@ -1071,11 +957,8 @@ def render_section(
         "",
         render_details(table, sides),
         "",
+        *notes_lines(notes, "runner"),
     ]
-    if notes:
-        parts += ["Notes from this run (written by the runner from its measurements):", ""]
-        parts += [f"- {n}" for n in notes]
-        parts.append("")
     return "\n".join(parts)
 
 
@@ -1119,30 +1002,25 @@ def auto_notes(
                 spread = (s["max"] - s["min"]) / s["median"]
                 if spread > 0.25:
                     spread_out.append(f"{e['id']} on {side} ({spread * 100:.0f}%)")
-    notes = []
-    if cpu_bound:
-        notes.append(
+    findings = (
+        (
             "CPU-bound in the unionstore gateway (its processes used >= 90% of a core per "
-            "worker): " + ", ".join(cpu_bound) + "."
-        )
-    if loadgen_heavy:
-        notes.append(
+            "worker): ",
+            cpu_bound,
+        ),
+        (
             "The load generator needed >= 40% of a core, which the gateway under test could "
-            "not use on this 2-core box, so these figures are lower bounds: "
-            + ", ".join(loadgen_heavy)
-            + "."
-        )
-    if disturbed:
-        notes.append(
+            "not use on this 2-core box, so these figures are lower bounds: ",
+            loadgen_heavy,
+        ),
+        (
             "Disturbed: >= 40% of a core went to the rest of the machine (other jobs, kernel "
-            "work not charged to a process, steal) during: " + ", ".join(disturbed) + "."
-        )
-    if spread_out:
-        notes.append(
-            "Noisy: the rounds spread more than 25% around the median for: "
-            + ", ".join(spread_out)
-            + "."
-        )
+            "work not charged to a process, steal) during: ",
+            disturbed,
+        ),
+        ("Noisy: the rounds spread more than 25% around the median for: ", spread_out),
+    )
+    notes = [text + ", ".join(where) + "." for text, where in findings if where]
     evicts = [
         m["evict"]
         for r in runs
@@ -1184,14 +1062,6 @@ def _workers(side: str) -> int:
 
 
 # ---- the run ---------------------------------------------------------------------------------
-
-
-class Interrupted(BaseException):
-    pass
-
-
-def _on_signal(signum: int, _frame: object) -> None:
-    raise Interrupted(f"signal {signal.Signals(signum).name}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -1373,9 +1243,7 @@ def main(argv: list[str] | None = None) -> int:
         return render_saved(args.render, args)
     argv_used = sys.argv[1:] if argv is None else argv
     t_start = time.monotonic()
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGALRM):
-        signal.signal(sig, _on_signal)
-    signal.setitimer(signal.ITIMER_REAL, args.time_limit)
+    arm_time_limit(args.time_limit)
     WATCHDOG.start(args.time_limit)
     facts = machine_facts()
     workdir = Path(tempfile.mkdtemp(prefix="unionstore-bench-"))
@@ -1383,9 +1251,15 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     hdfs = HdfsCluster()
     quiet: QuietWaiter | None = None
-    aborted: str | None = None
     data_seconds = 0.0
-    try:
+
+    def stop() -> None:
+        log("stopping HDFS")
+        hdfs.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+        WATCHDOG.stop()
+
+    with guarded_run(stop, log) as ending:
         log(f"starting HDFS (work folder {workdir})")
         hdfs.start()
         for proc in (hdfs.namenode_proc, hdfs.datanode_proc):
@@ -1404,25 +1278,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         for rnd in range(args.rounds):
             runs.append(run_round(rnd, args, hdfs, workdir, notes, quiet))
-    except (Interrupted, KeyboardInterrupt) as exc:
-        aborted = f"interrupted ({exc or 'Ctrl-C'})"
-    except BaseException as exc:
-        aborted = f"error: {exc!r}"
-        raise
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGALRM, signal.SIGINT):
-            signal.signal(sig, signal.SIG_IGN)  # let the cleanup finish
-        log("stopping HDFS")
-        hdfs.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-        WATCHDOG.stop()
-        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGALRM):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        if aborted:
-            log(f"aborted: {aborted}; everything started was stopped")
-    if aborted:
+    if ending.aborted:
         return 130
     facts["loadavg_end"] = os.getloadavg()
     cfg = {
@@ -1440,12 +1296,10 @@ def main(argv: list[str] | None = None) -> int:
         "quiet_below": args.quiet_below,
         "quiet_waited": quiet.waited if quiet is not None else 0.0,
     }
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    raw = args.results_dir / f"{stamp}-read-path.json"
+    raw = stamped_path(args.results_dir, "read-path")
     doc = {"facts": facts, "config": cfg, "rounds": runs, "run_notes": notes}
     report(doc, args)
-    raw.write_text(json.dumps(doc, indent=2, default=str))
+    write_json(raw, doc)
     log(f"raw results: {raw}")
     return 0
 
@@ -1462,8 +1316,7 @@ def report(doc: dict[str, Any], args: argparse.Namespace) -> None:
     print("\n".join(verdicts(table, cfg["sides"])))
     print()
     print(render_details(table, cfg["sides"]))
-    if notes:
-        print("\nNotes:\n" + "\n".join(f"- {n}" for n in notes))
+    print_notes(notes)
     if not args.no_write:
         section = render_section(args.section, facts, cfg, table, notes)
         update_markdown(args.out, args.section, section)

@@ -124,8 +124,23 @@ def _jmx_beans(base: str, query: str) -> list[dict[str, Any]]:
     return beans
 
 
+def stop_group(proc: subprocess.Popen[Any], grace: float = 15.0) -> None:
+    """SIGTERM the process group `proc` leads (started with start_new_session), SIGKILL it
+    after `grace` seconds; the group is killed even if the leader is gone (it may have left
+    children)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(grace)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(10)
+
+
 @contextlib.contextmanager
-def _as_hdfs_user(user: str) -> Iterator[None]:
+def as_hdfs_user(user: str) -> Iterator[None]:
     """hdfs-native takes its user from HADOOP_USER_NAME when a client first connects."""
     old = os.environ.get("HADOOP_USER_NAME")
     os.environ["HADOOP_USER_NAME"] = user
@@ -281,16 +296,7 @@ class HdfsCluster:
     def _terminate(proc: subprocess.Popen[bytes] | None, grace: float = 15.0) -> None:
         if proc is None:
             return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(grace)
-        # Kill the whole group even if the leader is gone (it may have left children).
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(10)
+        stop_group(proc, grace)
         _LIVE.discard(proc)
 
     # ---- setup ---------------------------------------------------------------------------
@@ -486,7 +492,7 @@ class HdfsCluster:
         self._check_alive()
         payload = uuid.uuid4().bytes * 64
         path = f"/.unionstore-ready-{uuid.uuid4().hex}"
-        with _as_hdfs_user(self.superuser):
+        with as_hdfs_user(self.superuser):
             client = hdfs_native.Client(self.url)
             try:
                 with client.create(path) as w:
