@@ -310,18 +310,29 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="256 MiB and 300 files")
     parser.add_argument(
+        "--drop-caches",
+        dest="drop_caches",
+        action="store_true",
+        default=True,
+        help="drop the kernel page cache between passes (needs root; the default)",
+    )
+    parser.add_argument(
         "--no-drop-caches",
         dest="drop_caches",
         action="store_false",
-        help="do not drop the kernel page cache between passes (needs root)",
+        help="do not drop the kernel page cache between passes",
     )
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     parser.add_argument(
         "--json", type=Path, default=REPO / "bench" / "results" / f"{stamp}-fuse.json"
     )
     args = parser.parse_args()
+    load_before = os.getloadavg()
     results = run(args)
+    load_after = os.getloadavg()
     print(table(results))
+    print(f"load average (1/5/15 min) at start {load_before}, at end {load_after}")
+    results["_meta"] = {"load_start": list(load_before), "load_end": list(load_after)}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1))
     return 0
