@@ -155,7 +155,9 @@ class BlockCache:
         if not 0 < obj.size <= self.large or self.readahead_blocks <= 0:
             return
         key = block_key(obj.file_id, obj.version, self.large, 0)
-        if key in self._inflight or self._memory_get(key) is not None or self.disk.contains(key):
+        if key in self._ra_keys or key in self._inflight or self._memory_get(key) is not None:
+            return
+        if self.disk.contains(key):
             return
         self.counts["prefetch.files"] += 1
         self._readahead(obj, fetch, 0)

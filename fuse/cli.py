@@ -58,7 +58,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--read-ahead",
         choices=["auto", "off"],
         default=None,
-        help="read-ahead for sequential readers (default auto)",
+        help="read-ahead of blocks, of files of a directory read in order, and the kernel's"
+        " for the mount (default auto; off: none)",
     )
     p.add_argument(
         "--allow-other",
