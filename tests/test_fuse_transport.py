@@ -1,7 +1,9 @@
-"""The bridge's HTTP/1.1 client (``unionstore.fuse.transport``) against a scripted server on
-loopback: framing (Content-Length, chunked, until-close, HEAD/204), keep-alive reuse, the
-one resend after the server closed an idle connection, timeouts and garbage as HttpError.
-The whole S3 path over it runs in the FUSE suites against the real gateway and moto."""
+"""The bridge's HTTP layer (``unionstore.fuse.transport``, on aiohttp) against a scripted
+server on loopback: requests go out as signed (target as given, our headers, no Host or
+Content-Type of aiohttp's own making), replies of every framing come back whole with
+lower-case headers, keep-alive connections are reused, and every failure without a complete
+reply is an HttpError (timeouts an HttpTimeout). The whole S3 path over it runs in the FUSE
+suites against the real gateway and moto."""
 
 from __future__ import annotations
 
@@ -103,7 +105,7 @@ async def test_content_length_keep_alive_and_request_framing(
         assert f"Host: 127.0.0.1:{port}\r\n".encode() in first
         assert b"Range: bytes=0-4\r\n" in first
         assert b"Content-Length: 5\r\n" in last and last.endswith(b"\r\n\r\nbody!")
-        assert b"ignored" not in last
+        assert b"ignored" not in last and b"Content-Type" not in last
 
 
 async def test_chunked_head_204_and_close_delimited_bodies(
@@ -161,14 +163,14 @@ async def test_failures_are_http_errors(client_for: Callable[..., HttpClient]) -
 
     async with Server(script) as srv:
         c = client_for(srv.endpoint, timeout=0.5)
-        with pytest.raises(HttpError, match="not an HTTP reply"):
+        with pytest.raises(HttpError, match="GET /k"):
             await c.request("GET", "/k")
-        with pytest.raises(HttpError, match="IncompleteReadError"):
+        with pytest.raises(HttpError, match="GET /k"):
             await c.request("GET", "/k")
         with pytest.raises(HttpTimeout):
             await c.request("GET", "/k")
     closed = client_for(srv.endpoint)  # nothing listens there any more
-    with pytest.raises(HttpError, match="connect to"):
+    with pytest.raises(HttpError, match="GET /k"):
         await closed.request("GET", "/k")
     with pytest.raises(ValueError):
         HttpClient("ftp://example.invalid")
