@@ -6,12 +6,8 @@ Keys carry the object's version (ETag and size) and the block size, so a changed
 never be served old bytes, and the two block sizes (sequential, random) never mix. Every block
 is tagged with its object's id so all blocks of one object can be evicted together.
 
-Values of ``SMALL_VALUE`` bytes and more are files. :class:`BlockDisk` writes each with one
-``write`` (diskcache's own ``Disk`` iterates a ``BytesIO``, which splits random bytes into
-~256-byte "lines": ~400 writes for a 100 KB block, 16,000 for a 4 MiB one) into one of 256
-folders (diskcache's two levels make a new folder for almost every file of a young cache,
-and ``mkdir`` cost more than the write). The index is the same, so folders written either
-way are read alike.
+Values of ``SMALL_VALUE`` bytes and more are files, each written with one ``write`` into one
+of 256 folders (``unionstore.cache.store.BlockDisk``, the gateway's recipe too).
 
 All methods block; call them off the event loop (``contains`` is a single indexed SELECT
 and may run on it).
@@ -19,54 +15,18 @@ and may run on it).
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
-
-import diskcache
 
 from unionstore.cache.store import open_cache, read_value
 
 SMALL_VALUE = 1 << 15  # diskcache keeps values below this inside SQLite, larger ones as files
 
 
-class BlockDisk(diskcache.Disk):  # type: ignore[misc]
-    """diskcache's ``Disk`` with bytes values written in one call, into 256 folders."""
-
-    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
-        if type(value) is bytes and len(value) >= self.min_file_size:
-            filename, full_path = self.filename(key, value)
-            self._write(full_path, iter((value,)), "xb")
-            return len(value), diskcache.core.MODE_BINARY, filename, None
-        return super().store(value, read, key)
-
-    def filename(self, key: Any = None, value: Any = None) -> tuple[str, str]:
-        name = os.urandom(16).hex()
-        filename = os.path.join(name[:2], name[2:] + ".val")
-        return filename, os.path.join(self._directory, filename)
-
-    def _write(
-        self, full_path: str, iterator: Iterator[Any], mode: str, encoding: str | None = None
-    ) -> int:
-        try:
-            writer = open(full_path, mode, encoding=encoding)  # noqa: SIM115
-        except FileNotFoundError:  # its folder is not made yet: diskcache's way
-            return int(super()._write(full_path, iterator, mode, encoding))
-        with writer:
-            size = 0
-            for chunk in iterator:
-                size += len(chunk)
-                writer.write(chunk)
-            return size
-
-
 class DiskBlocks:
     def __init__(self, directory: Path, size_limit: int) -> None:
         self.directory = directory
-        self._cache = open_cache(
-            directory, size_limit, disk=BlockDisk, disk_min_file_size=SMALL_VALUE
-        )
+        self._cache = open_cache(directory, size_limit, disk_min_file_size=SMALL_VALUE)
 
     def get(self, key: str) -> bytes | None:
         return read_value(self._cache, key)

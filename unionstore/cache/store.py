@@ -13,9 +13,9 @@ tagged with its file's id, so all versions of one file can be evicted at once.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,44 @@ LEASE_PREFIX = "lease\x00"
 
 def block_key(file_id: str, version: str, block_size: int, index: int) -> str:
     return f"{file_id}\x00{version}\x00{block_size}\x00{index}"
+
+
+class BlockDisk(diskcache.Disk):  # type: ignore[misc]
+    """diskcache's ``Disk``, with a bytes value written to its file in one call, into one of
+    256 folders.
+
+    diskcache's own ``Disk`` iterates a ``BytesIO`` of the value, which splits random bytes
+    into ~256-byte "lines": 16,000 Python-level writes for a 4 MiB block, under the GIL
+    (measured: 6.7 vs 1.6 ms per 4 MiB block on tmpfs; a cold GET went 0.39 -> 0.91 GB/s),
+    ~400 for a 100 KB one. Its two folder levels make a new folder for almost every file of
+    a young cache, and the ``mkdir`` cost more than the write. The index is diskcache's, so
+    folders written either way read alike."""
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
+        if type(value) is bytes and len(value) >= self.min_file_size:
+            filename, full_path = self.filename(key, value)
+            self._write(full_path, iter((value,)), "xb")
+            return len(value), diskcache.core.MODE_BINARY, filename, None
+        return super().store(value, read, key)
+
+    def filename(self, key: Any = None, value: Any = None) -> tuple[str, str]:
+        name = os.urandom(16).hex()
+        filename = os.path.join(name[:2], name[2:] + ".val")
+        return filename, os.path.join(self._directory, filename)
+
+    def _write(
+        self, full_path: str, iterator: Iterator[Any], mode: str, encoding: str | None = None
+    ) -> int:
+        try:
+            writer = open(full_path, mode, encoding=encoding)  # noqa: SIM115
+        except FileNotFoundError:  # its folder is not made yet: diskcache's way
+            return int(super()._write(full_path, iterator, mode, encoding))
+        with writer:
+            size = 0
+            for chunk in iterator:
+                size += len(chunk)
+                writer.write(chunk)
+            return size
 
 
 def open_cache(directory: Path, size_limit: int, **settings: Any) -> diskcache.Cache:
@@ -40,6 +78,7 @@ def open_cache(directory: Path, size_limit: int, **settings: Any) -> diskcache.C
         tag_index=True,
         cull_limit=16,
         statistics=False,
+        disk=BlockDisk,
         **settings,
     )
 
@@ -66,17 +105,6 @@ def read_value(
         return data
 
 
-def write_value(cache: diskcache.Cache, key: str, data: bytes, tag: str) -> None:
-    """Store ``data`` at ``key``. A value big enough for a file of its own is handed over as a
-    stream: given plain bytes, diskcache writes them line by line (it iterates a BytesIO), one
-    Python call per newline, which held the GIL and capped cold reads at 0.4 GB/s (measured:
-    6.7 ms vs 1.6 ms per 4 MiB block on tmpfs)."""
-    if len(data) >= cache.disk_min_file_size:
-        cache.set(key, io.BytesIO(data), read=True, tag=tag, retry=True)
-    else:
-        cache.set(key, data, tag=tag, retry=True)
-
-
 class BlockStore:
     """Blocking calls (run them off the event loop)."""
 
@@ -91,7 +119,7 @@ class BlockStore:
         return key in self._cache
 
     def put(self, key: str, data: bytes, tag: str) -> None:
-        write_value(self._cache, key, data, tag)
+        self._cache.set(key, data, tag=tag, retry=True)
 
     def evict_file(self, file_id: str) -> int:
         """Drop every cached block of every version of one file."""
