@@ -94,7 +94,7 @@ class Gateway:
         self._stored: TtlCache[tuple[str, str], StoredObject | None] = TtlCache(
             ttl=config.cache.metadata_ttl, max_entries=100_000, stale_if_error=0
         )
-        self.writes = ObjectWrites(self, self.objmeta)
+        self.writes = ObjectWrites(self, self.objmeta, config.cache_dir / "state" / "locks")
         self.multipart = MultipartUploads(self, self.writes, self.objmeta)
         self.lister = Lister(page_ttl=config.cache.metadata_ttl if config.cache.enabled else 0)
         self.metrics = metrics or Registry()

@@ -196,9 +196,7 @@ class OriginLimitedUfs(UnderFileSystem):
     def list_dir(self, path: str) -> AsyncIterator[FileStatus]:
         return self.inner.list_dir(path)
 
-    async def read_range(
-        self, path: str, offset: int, length: int
-    ) -> AsyncIterator[bytes]:
+    async def read_range(self, path: str, offset: int, length: int) -> AsyncIterator[bytes]:
         async for chunk in self.inner.read_range(path, offset, length):
             await self.bucket.acquire(len(chunk))
             yield chunk

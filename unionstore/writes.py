@@ -4,8 +4,9 @@ Every object is written to a hidden temporary file next to its target and publis
 only after the whole body arrived and verified (the body iterator raises at its end if a
 digest or signature does not match), so an interrupted or bad upload leaves nothing visible.
 Two uploads of one key race only at the publish: one complete object wins, and its record
-(headers, ETag, checksums) goes with it, because a process publishes one key at a time (the
-rename, the stat of what was published and the record are one step under a per-key lock).
+(headers, ETag, checksums) goes with it, because the rename, the stat of what was published
+and the record are one step under a per-key lock that holds across the node's worker
+processes (:mod:`unionstore.keylocks`), and a client that goes away cannot interrupt it.
 
 Writes act on the UFS as the access key's user (its own driver instance), so files belong to
 that user and the backend's permission checks apply. Afterwards the gateway's caches are told
@@ -17,10 +18,10 @@ metadata store, keyed by file version.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from unionstore.cache.metadata import MetadataCachingUfs
@@ -34,6 +35,7 @@ from unionstore.errors import (
     PreconditionFailed,
     UnionstoreError,
 )
+from unionstore.keylocks import KeyLocks
 from unionstore.namespace.mounts import Mount, Target, check_bucket_name
 from unionstore.namespace.objmeta import ObjectMetaStore
 from unionstore.ufs import open_ufs
@@ -61,33 +63,12 @@ def version_of(status: FileStatus) -> str:
     return f"{status.size}:{status.mtime_ns}:{status.checksum or ''}"
 
 
-class KeyLocks:
-    """One asyncio lock per key, kept only while someone holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
-
-
 class ObjectWrites:
-    def __init__(self, gw: Gateway, meta: ObjectMetaStore) -> None:
+    def __init__(self, gw: Gateway, meta: ObjectMetaStore, lock_dir: Path) -> None:
         self.gw = gw
         self.meta = meta
         self._user_ufs: dict[tuple[str, str, str], UnderFileSystem] = {}
-        self._publishing = KeyLocks()
+        self._publishing = KeyLocks(lock_dir)
 
     # -- identity ---------------------------------------------------------------------------
     def ufs_for(self, mount: Mount, who: Principal) -> UnderFileSystem:
@@ -151,14 +132,23 @@ class ObjectWrites:
                 await writer.write(chunk)
             tag = etag()
             stored = {**headers, **late_headers()}
-            async with self._publishing.hold(fid):
-                if create_only and await self._exists(ufs, target.path):
-                    raise PreconditionFailed("The object was created meanwhile")
-                await writer.close()
-                return await self._published(bucket, target, ufs, tag, stored)
         except BaseException:
             await asyncio.shield(writer.abort())
             raise
+
+        async def publish() -> Written:
+            async with self._publishing.hold(fid):
+                try:
+                    if create_only and await self._exists(ufs, target.path):
+                        raise PreconditionFailed("The object was created meanwhile")
+                    await writer.close()
+                except BaseException:
+                    await writer.abort()
+                    raise
+                return await self._published(bucket, target, ufs, tag, stored)
+
+        # shielded: a client that goes away now cannot part the object from its record
+        return await asyncio.shield(publish())
 
     async def _put_dir(
         self, bucket: str, target: Target, ufs: UnderFileSystem, body: AsyncIterator[bytes]
