@@ -239,6 +239,11 @@ class S3Client:
         data = resp.content
         if resp.status == 200:  # a server that ignores Range
             data = data[offset : offset + length]
+        else:
+            span = resp.headers.get("content-range", "").partition("/")[0]  # "bytes a-b"
+            first, _, last = span.removeprefix("bytes ").partition("-")
+            if not (first.isdigit() and last.isdigit() and len(data) == int(last) - int(first) + 1):
+                raise S3Error(errno.EIO, f"GetObject {key}: reply does not match its Content-Range")
         self.stats["bytes_fetched"] += len(data)
         return data
 

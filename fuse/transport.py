@@ -6,7 +6,8 @@ many cold files per second a mount reads on a busy node. Measured against the ga
 kind of machine: httpx ~2.1 ms of CPU per GET, aiohttp ~0.14 ms (its parser is C).
 
 Requests go out exactly as signed: the target is sent as given (already encoded), and aiohttp
-adds no Content-Type of its own (S3 would store it with a PUT). A failure without a complete
+adds no Content-Type of its own (S3 would store it with a PUT) and asks for no compression
+(a block is cached as it arrives). A failure without a complete
 HTTP reply is an :class:`HttpError` (:class:`HttpTimeout` for timeouts); retrying is the
 caller's job.
 """
@@ -51,17 +52,23 @@ class HttpClient:
             raise ValueError(f"not an http(s) endpoint: {endpoint!r}")
         self.base = f"{parts.scheme}://{parts.netloc}"
         self.max_connections = max_connections
-        self.timeout = aiohttp.ClientTimeout(total=timeout, connect=connect_timeout)
+        # per socket read and connect, as before, not for a whole transfer; the wait for a
+        # free pooled connection gets the read timeout too
+        self.timeout = aiohttp.ClientTimeout(
+            total=None, connect=timeout, sock_connect=connect_timeout, sock_read=timeout
+        )
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
         """The session, made on first use (it belongs to the running event loop)."""
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.max_connections),
+                # idle connections go before a server's usual 5 s keep-alive ends them
+                connector=aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=4),
                 timeout=self.timeout,
                 auto_decompress=False,
-                skip_auto_headers=("Content-Type",),
+                # identity bodies only: a block is cached as it arrives
+                skip_auto_headers=("Content-Type", "Accept-Encoding"),
             )
         return self._session
 
@@ -86,7 +93,7 @@ class HttpClient:
                     got[name] = f"{got[name]}, {value}" if name in got else value
                 return Response(resp.status, got, content)
         except TimeoutError:
-            raise HttpTimeout(f"{method} {target}: no reply in {self.timeout.total:g}s") from None
+            raise HttpTimeout(f"{method} {target}: timed out") from None
         except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
             raise HttpError(f"{method} {target}: {type(exc).__name__}: {exc}") from None
 

@@ -106,6 +106,9 @@ async def test_content_length_keep_alive_and_request_framing(
         assert b"Range: bytes=0-4\r\n" in first
         assert b"Content-Length: 5\r\n" in last and last.endswith(b"\r\n\r\nbody!")
         assert b"ignored" not in last and b"Content-Type" not in last
+        assert all(b"gzip" not in r for r in srv.requests)  # identity bodies only
+        await c.request("PUT", "/b/dir/")  # mkdir: an empty body, announced
+        assert b"Content-Length: 0\r\n" in srv.requests[-1]
 
 
 async def test_chunked_head_204_and_close_delimited_bodies(
