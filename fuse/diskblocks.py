@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from unionstore.cache.store import open_cache, read_value
+from unionstore.cache.store import open_cache, read_value, sweep_orphans
 
 SMALL_VALUE = 1 << 15  # diskcache keeps values below this inside SQLite, larger ones as files
 
@@ -27,6 +27,9 @@ class DiskBlocks:
     def __init__(self, directory: Path, size_limit: int) -> None:
         self.directory = directory
         self._cache = open_cache(directory, size_limit, disk_min_file_size=SMALL_VALUE)
+        # block files a crash left without an index row: never served, and not counted
+        # against the size limit either, so they would pile up
+        sweep_orphans(self._cache, directory)
 
     def get(self, key: str) -> bytes | None:
         return read_value(self._cache, key)

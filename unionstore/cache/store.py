@@ -58,12 +58,17 @@ class BlockDisk(diskcache.Disk):  # type: ignore[misc]
             writer = open(full_path, mode, encoding=encoding)  # noqa: SIM115
         except FileNotFoundError:  # its folder is not made yet: diskcache's way
             return int(super()._write(full_path, iterator, mode, encoding))
-        with writer:
-            size = 0
-            for chunk in iterator:
-                size += len(chunk)
-                writer.write(chunk)
-            return size
+        try:
+            with writer:
+                size = 0
+                for chunk in iterator:
+                    size += len(chunk)
+                    writer.write(chunk)
+                return size
+        except BaseException:  # e.g. ENOSPC: no partial file left behind
+            with contextlib.suppress(OSError):
+                os.unlink(full_path)
+            raise
 
 
 def open_cache(directory: Path, size_limit: int, **settings: Any) -> diskcache.Cache:
@@ -103,6 +108,27 @@ def read_value(
             value.seek(lo)
         data: bytes = value.read(-1 if hi is None else hi - lo)
         return data
+
+
+def sweep_orphans(cache: diskcache.Cache, directory: Path, min_age: float = 600.0) -> int:
+    """Remove block files that no index row points at (left by a crash mid-write) and that
+    are older than ``min_age`` seconds (younger ones may be another worker's fill)."""
+    now = time.time()
+    known = {row[0] for row in cache._sql("SELECT filename FROM Cache WHERE filename IS NOT NULL")}
+    removed = 0
+    for dirpath, _, files in os.walk(directory):
+        for name in files:
+            if not name.endswith(".val"):
+                continue
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, directory)
+            if rel in known:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if now - os.stat(full).st_mtime > min_age:
+                    os.unlink(full)
+                    removed += 1
+    return removed
 
 
 class BlockStore:
@@ -147,27 +173,7 @@ class BlockStore:
         return int(self._cache.volume())
 
     def sweep_orphans(self, min_age: float = 600.0) -> int:
-        """Remove block files that no index row points at (left by a crash mid-write) and that
-        are older than ``min_age`` seconds (younger ones may be another worker's fill)."""
-        now = time.time()
-        known = {
-            row[0]
-            for row in self._cache._sql("SELECT filename FROM Cache WHERE filename IS NOT NULL")
-        }
-        removed = 0
-        for dirpath, _, files in os.walk(self.directory):
-            for name in files:
-                if not name.endswith(".val"):
-                    continue
-                full = os.path.join(dirpath, name)
-                rel = os.path.relpath(full, self.directory)
-                if rel in known:
-                    continue
-                with contextlib.suppress(FileNotFoundError):
-                    if now - os.stat(full).st_mtime > min_age:
-                        os.unlink(full)
-                        removed += 1
-        return removed
+        return sweep_orphans(self._cache, self.directory, min_age)
 
     def close(self) -> None:
         self._cache.close()

@@ -46,6 +46,7 @@ from unionstore.errors import (
 )
 from unionstore.s3.sigv2 import sigv2_header, sigv2_query
 from unionstore.s3.sigwire import (
+    AMZ_DATE_FORMAT,
     NO_DATE,
     AuthResult,
     SignedRequest,
@@ -81,7 +82,6 @@ STREAMING_PAYLOADS = frozenset(
 )
 MAX_PRESIGN_EXPIRES = 604800  # seven days, in seconds
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-_AMZ_DATE_FORMAT = "%Y%m%dT%H%M%SZ"
 _HEX = frozenset("0123456789abcdefABCDEF")
 _V4_QUERY_PARAMS = (
     "X-Amz-Algorithm",
@@ -202,7 +202,7 @@ def _v4_header_claim(req: SignedRequest, rest: str) -> _V4Claim:
         when = None if raw_date is None else parse_amz_date(raw_date) or parse_http_date(raw_date)
     if when is None:
         raise AuthError(NO_DATE)
-    amz_date = when.strftime(_AMZ_DATE_FORMAT)
+    amz_date = when.strftime(AMZ_DATE_FORMAT)
     if date != amz_date[:8]:
         raise bad("Invalid credential date. Date is not the same as X-Amz-Date.")
     return _V4Claim(

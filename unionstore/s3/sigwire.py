@@ -12,7 +12,7 @@ from urllib.parse import unquote_to_bytes
 from unionstore.errors import AuthorizationHeaderMalformed, InvalidAccessKeyId
 
 NO_DATE = "AWS authentication requires a valid Date or x-amz-date header"
-_AMZ_DATE_FORMAT = "%Y%m%dT%H%M%SZ"
+AMZ_DATE_FORMAT = "%Y%m%dT%H%M%SZ"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +97,7 @@ def parse_amz_date(text: str) -> datetime | None:
     if len(text) != 16 or not text.isascii():
         return None
     try:
-        return datetime.strptime(text, _AMZ_DATE_FORMAT).replace(tzinfo=UTC)
+        return datetime.strptime(text, AMZ_DATE_FORMAT).replace(tzinfo=UTC)
     except ValueError:
         return None
 
