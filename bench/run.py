@@ -884,7 +884,15 @@ def verdicts(table: list[dict[str, Any]], sides: list[str]) -> list[str]:
 INTRO = """\
 # Benchmarks
 
-Side-by-side runs of unionstore against
+Sections: [S3 read path (issue 2)](#s3-read-path-issue-2) — `python -m bench.run`;
+[Rate limits (issue 5)](#rate-limits-issue-5) — `python -m bench.ratelimit`;
+[Caching (issue 3)](#caching-issue-3) — `python -m bench.caching`, and [where the
+gateway's CPU goes](#where-the-gateways-cpu-goes-issue-3-analysis) — `python -m bench.cpu`;
+[FUSE mount (issue 6)](#fuse-mount-issue-6) — `python -m bench.fuse_bench`.
+Each was run on the same shared 2-core machine (the load averages are in each section):
+read ratios, not absolute figures.
+
+The read-path section: side-by-side runs of unionstore against
 [hdfs-s3-gateway](https://pypi.org/project/hdfs-s3-gateway/) (a Rust HDFS-to-S3 gateway,
 PyPI), made by `python -m bench.run` (how to run it and what each row means:
 `bench/README.md`).
