@@ -18,21 +18,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from unionstore.cache.store import open_cache, read_value, sweep_orphans
+from unionstore.cache.store import BlockStore, read_value
 
 SMALL_VALUE = 1 << 15  # diskcache keeps values below this inside SQLite, larger ones as files
 
 
-class DiskBlocks:
+class DiskBlocks(BlockStore):
+    """The gateway's block store, with small values kept inline below ``SMALL_VALUE`` and a
+    few calls the bridge needs on top: batches, sub-ranges, a count."""
+
     def __init__(self, directory: Path, size_limit: int) -> None:
-        self.directory = directory
-        self._cache = open_cache(directory, size_limit, disk_min_file_size=SMALL_VALUE)
+        super().__init__(directory, size_limit, disk_min_file_size=SMALL_VALUE)
         # block files a crash left without an index row: never served, and not counted
         # against the size limit either, so they would pile up
-        sweep_orphans(self._cache, directory)
-
-    def get(self, key: str) -> bytes | None:
-        return read_value(self._cache, key)
+        self.sweep_orphans()
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         """Several small blocks, the hits in one transaction."""
@@ -47,31 +46,19 @@ class DiskBlocks:
         """Bytes ``[lo, hi)`` of one block, reading only those from disk."""
         return read_value(self._cache, key, lo, hi)
 
-    def contains(self, key: str) -> bool:
-        return key in self._cache
-
     def put_many(self, items: Iterable[tuple[str, bytes]], tag: str) -> None:
         """Store blocks: large ones one by one (diskcache writes the file before its short
         index transaction), small ones (kept inline in SQLite) in one transaction."""
         small = []
         for key, data in items:
             if len(data) >= SMALL_VALUE:
-                self._cache.set(key, data, tag=tag, retry=True)
+                self.put(key, data, tag)
             else:
                 small.append((key, data))
         if small:
             with self._cache.transact(retry=True):
                 for key, data in small:
-                    self._cache.set(key, data, tag=tag, retry=True)
-
-    def evict_file(self, file_id: str) -> int:
-        return int(self._cache.evict(file_id, retry=True))
-
-    def volume(self) -> int:
-        return int(self._cache.volume())
+                    self.put(key, data, tag)
 
     def __len__(self) -> int:
         return len(self._cache)
-
-    def close(self) -> None:
-        self._cache.close()

@@ -134,9 +134,9 @@ def sweep_orphans(cache: diskcache.Cache, directory: Path, min_age: float = 600.
 class BlockStore:
     """Blocking calls (run them off the event loop)."""
 
-    def __init__(self, directory: Path, size_limit: int) -> None:
+    def __init__(self, directory: Path, size_limit: int, **settings: Any) -> None:
         self.directory = directory
-        self._cache = open_cache(directory, size_limit, sqlite_mmap_size=1 << 26)
+        self._cache = open_cache(directory, size_limit, sqlite_mmap_size=1 << 26, **settings)
 
     def get(self, key: str) -> bytes | None:
         return read_value(self._cache, key)
