@@ -39,7 +39,7 @@ from unionstore.prefetch.audit import AuditEvent, AuditParser
 from unionstore.prefetch.hdfsstat import HdfsStat
 from unionstore.prefetch.metrics import Metrics, serve_metrics
 from unionstore.prefetch.rules import Rule, RuleSet, Target
-from unionstore.prefetch.settle import Hold, Settler
+from unionstore.prefetch.settle import Settler
 from unionstore.prefetch.tail import Ledger, Line, LogFollower, Position, write_atomic
 from unionstore.prefetch.warm import Delivery, PriorityGate
 
@@ -133,7 +133,7 @@ class Daemon:
         self.settler = (
             None
             if stat is None
-            else Settler(stat, cfg.settle, cfg.max_settle_wait, clock, self._complete)
+            else Settler[Ticket](stat, cfg.settle, cfg.max_settle_wait, clock, self._complete)
         )
         self.tickets: dict[Ticket, None] = {}  # unfinished, in read order
         self.handled: dict[str, int] = {}
@@ -383,11 +383,10 @@ class Daemon:
         if self.settler is not None:
             self.settler.drop(path)
 
-    def _complete(self, path: str, rule: Rule | None, holds: list[Hold], size: int) -> None:
+    def _complete(self, path: str, rule: Rule | None, holds: list[Ticket], size: int) -> None:
         """A created/appended file stood still: warm it (the gateway stats it afresh), or
         drop the metadata a reader may have cached while it was being written."""
         for work in holds:
-            assert isinstance(work, Ticket)
             if rule is not None and rule.size_ok(size):
                 self._warm(rule, path, work)
             else:

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, Self
+from typing import Generic, Protocol, Self, TypeVar
 
 from unionstore.prefetch.hdfsstat import HdfsStat
 from unionstore.prefetch.rules import Rule
@@ -27,36 +27,36 @@ class Hold(Protocol):
     def release(self) -> None: ...
 
 
+H = TypeVar("H", bound=Hold)
+
+
 @dataclass(eq=False)
-class Candidate:
+class Candidate(Generic[H]):
     rule: Rule | None  # None: not to be warmed, only refreshed once complete
-    holds: list[Hold]
+    holds: list[H]
     first: float
     seen: tuple[int, int] | None = None
     since: float = 0.0
 
 
-#: (path, its rule, the work waiting for it, its size) once the file stood still
-OnComplete = Callable[[str, Rule | None, list[Hold], int], None]
-
-
-class Settler:
+class Settler(Generic[H]):
     def __init__(
         self,
         stat: HdfsStat,
         settle: float,
         max_wait: float,
         clock: Callable[[], float],
-        on_complete: OnComplete,
+        on_complete: Callable[[str, Rule | None, list[H], int], None],
     ) -> None:
         self.stat, self.settle, self.max_wait, self.clock = stat, settle, max_wait, clock
+        #: (path, its rule, the work waiting for it, its size) once the file stood still
         self.on_complete = on_complete
-        self.candidates: dict[str, Candidate] = {}
+        self.candidates: dict[str, Candidate[H]] = {}
 
-    def add(self, path: str, rule: Rule | None, work: Hold) -> None:
+    def add(self, path: str, rule: Rule | None, work: H) -> None:
         cand = self.candidates.get(path)
         if cand is None:
-            cand = self.candidates[path] = Candidate(rule, [], self.clock())
+            cand = self.candidates[path] = Candidate[H](rule, [], self.clock())
         cand.seen, cand.rule = None, rule  # written again: wait afresh
         cand.holds.append(work.hold())
 
