@@ -29,10 +29,9 @@ from unionstore.errors import (
     UnionstoreError,
 )
 from unionstore.ufs import open_ufs
-from unionstore.ufs.base import FileStatus, UnderFileSystem
+from unionstore.ufs.base import TMP_PREFIX, FileStatus, UnderFileSystem
 from unionstore.ufs.hdfs import unsigned_order
 
-TMP_PREFIX = ".unionstore-tmp-"
 # The names the brief asks for: ASCII punctuation, case, non-ASCII (2- and 3-byte UTF-8), a space.
 ORDER_NAMES = ["a", "a.b", "a0", "A", "é", "a b", "Z", "中文", "x~y", "aé", "ab"]
 BAD_KEYS = ["../x", "a/../b", "/abs", "a//b", "a/", ".", "a/./b", "a\x00b", ".unionstore-tmp-1"]

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import ClassVar
 
-from unionstore.errors import InvalidKey, NotImplementedOp
+from unionstore.errors import InvalidArgument, InvalidKey, NotImplementedOp
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +118,23 @@ def check_relpath(path: str) -> str:
         if part in ("", ".", ".."):
             raise InvalidKey(f"invalid path {path!r}")
     return path
+
+
+#: writers' temp files start with this; listings hide them and keys may not use it
+TMP_PREFIX = ".unionstore-tmp-"
+
+
+def check_key(path: str) -> str:
+    """``check_relpath`` plus: no component may look like one of the drivers' temp files."""
+    check_relpath(path)
+    if any(part.startswith(TMP_PREFIX) for part in path.split("/")):
+        raise InvalidKey(f"invalid path {path!r}: reserved name", resource=path)
+    return path
+
+
+def check_range(offset: int, length: int) -> None:
+    if offset < 0 or length < 0:
+        raise InvalidArgument(f"bad range offset={offset} length={length}")
 
 
 def join(root: str, path: str) -> str:

@@ -47,23 +47,20 @@ from unionstore.errors import (
     ServiceUnavailable,
     UnionstoreError,
 )
-from unionstore.ufs.base import FileStatus, UfsWriter, UnderFileSystem, check_relpath
+from unionstore.ufs.base import (
+    TMP_PREFIX,
+    FileStatus,
+    UfsWriter,
+    UnderFileSystem,
+    check_key,
+    check_range,
+)
 from unionstore.ufs.hdfs_errors import hdfs_errors
 
 T = TypeVar("T")
 
-#: writers' temp files start with this; list_dir hides them and keys may not use it
-TMP_PREFIX = ".unionstore-tmp-"
 #: options passed through to hdfs-native's client configuration
 _CONFIG_PREFIXES = ("dfs.", "ipc.", "hadoop.", "fs.")
-
-
-def check_key(path: str) -> str:
-    """``check_relpath`` plus: no component may look like one of our temp files."""
-    check_relpath(path)
-    if any(part.startswith(TMP_PREFIX) for part in path.split("/")):
-        raise InvalidKey(f"invalid path {path!r}: reserved name", resource=path)
-    return path
 
 
 # ---- clients: one per (url, user, config), for the life of the process -----------------------
@@ -311,8 +308,7 @@ class HdfsUfs(UnderFileSystem):
 
     def read_range(self, path: str, offset: int, length: int) -> AsyncIterator[bytes]:
         check_key(path)
-        if offset < 0 or length < 0:
-            raise InvalidArgument(f"bad range offset={offset} length={length}")
+        check_range(offset, length)
         return self._read_range(path, offset, length)
 
     async def _read_range(self, path: str, offset: int, length: int) -> AsyncIterator[bytes]:
@@ -341,8 +337,7 @@ class HdfsUfs(UnderFileSystem):
 
     async def read_block(self, path: str, offset: int, length: int) -> bytes:
         check_key(path)
-        if offset < 0 or length < 0:
-            raise InvalidArgument(f"bad range offset={offset} length={length}")
+        check_range(offset, length)
         client = await self._client()
         with self._errors(path):
             reader = await client.read(self._full(path))

@@ -39,12 +39,18 @@ from unionstore.errors import (
     ServiceUnavailable,
     UnionstoreError,
 )
-from unionstore.ufs.base import FileStatus, UfsWriter, UnderFileSystem, check_relpath
+from unionstore.ufs.base import (
+    TMP_PREFIX,
+    FileStatus,
+    UfsWriter,
+    UnderFileSystem,
+    check_key,
+    check_range,
+)
 
 T = TypeVar("T")
 
 #: writers' temp files start with this; list_dir hides them and keys may not use it
-TMP_PREFIX = ".unionstore-tmp-"
 #: how many children list_dir stats per worker-thread call
 _STAT_BATCH = 256
 
@@ -81,19 +87,6 @@ def _errors(path: str, *, writing: bool = False) -> Iterator[None]:
         raise
     except OSError as exc:
         raise map_os_error(exc, path, writing=writing) from exc
-
-
-def check_key(path: str) -> str:
-    """``check_relpath`` plus: no component may look like one of our temp files."""
-    check_relpath(path)
-    if any(part.startswith(TMP_PREFIX) for part in path.split("/")):
-        raise InvalidKey(f"invalid path {path!r}: reserved name", resource=path)
-    return path
-
-
-def _check_range(offset: int, length: int) -> None:
-    if offset < 0 or length < 0:
-        raise InvalidArgument(f"bad range offset={offset} length={length}")
 
 
 @lru_cache(maxsize=256)
@@ -309,7 +302,7 @@ class LocalUfs(UnderFileSystem):
 
     def read_range(self, path: str, offset: int, length: int) -> AsyncIterator[bytes]:
         check_key(path)
-        _check_range(offset, length)
+        check_range(offset, length)
         return self._read_range(path, offset, length)
 
     async def _read_range(self, path: str, offset: int, length: int) -> AsyncIterator[bytes]:
@@ -343,7 +336,7 @@ class LocalUfs(UnderFileSystem):
 
     async def read_block(self, path: str, offset: int, length: int) -> bytes:
         check_key(path)
-        _check_range(offset, length)
+        check_range(offset, length)
         with _errors(path):
             return await asyncio.to_thread(self._read_block_sync, path, offset, length)
 

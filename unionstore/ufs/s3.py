@@ -41,10 +41,17 @@ from unionstore.errors import (
     SlowDown,
     UnionstoreError,
 )
-from unionstore.ufs.base import FileStatus, UfsWriter, UnderFileSystem, check_relpath
+from unionstore.ufs.base import (
+    TMP_PREFIX,
+    FileStatus,
+    UfsWriter,
+    UnderFileSystem,
+    check_key,
+    check_range,
+    check_relpath,
+)
 
 #: writers' temp objects start with this; list_dir hides them and keys may not use it
-TMP_PREFIX = ".unionstore-tmp-"
 #: ``user`` is accepted (every driver takes it); an object store acts as its credentials
 _OPTIONS = {"endpoint", "access_key", "secret_key", "region", "user"}
 
@@ -102,14 +109,6 @@ def _errors(path: str) -> Iterator[None]:
         raise
     except (OSError, pa.ArrowException) as exc:
         raise map_s3_error(exc, path) from exc
-
-
-def check_key(path: str) -> str:
-    """``check_relpath`` plus: no component may look like one of our temp objects."""
-    check_relpath(path)
-    if any(part.startswith(TMP_PREFIX) for part in path.split("/")):
-        raise InvalidKey(f"invalid path {path!r}: reserved name", resource=path)
-    return path
 
 
 def _mtime_ns(info: pafs.FileInfo) -> int:
@@ -276,8 +275,7 @@ class S3Ufs(UnderFileSystem):
 
     def read_range(self, path: str, offset: int, length: int) -> AsyncIterator[bytes]:
         check_key(path)
-        if offset < 0 or length < 0:
-            raise InvalidArgument(f"bad range offset={offset} length={length}")
+        check_range(offset, length)
         return self._read_range(path, offset, length)
 
     async def _read_range(self, path: str, offset: int, length: int) -> AsyncIterator[bytes]:
@@ -309,8 +307,7 @@ class S3Ufs(UnderFileSystem):
 
     async def read_block(self, path: str, offset: int, length: int) -> bytes:
         check_key(path)
-        if offset < 0 or length < 0:
-            raise InvalidArgument(f"bad range offset={offset} length={length}")
+        check_range(offset, length)
         with _errors(path):
             return await asyncio.to_thread(self._read_block_sync, path, offset, length)
 
