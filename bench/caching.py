@@ -839,15 +839,22 @@ def render_details(doc: dict[str, Any]) -> str:
         for side in r["order"]:
             s = r["single"].get(side) or {}
             h = r["herd"].get(side) or {}
+            lead = f"| {i + 1} | {side} |"
+
+            def row(what: str, value: str, more: str, cpu: dict[str, float] | None) -> None:
+                lines.append(_detail_row(lead, what, value, more, cpu))  # noqa: B023 - used at once
+
             if s.get("error"):
                 lines.append(f"| {i + 1} | {side} | single | - | {s['error']} | - | - |")
             if s.get("cold"):
                 c = s["cold"]
-                lines.append(
-                    f"| {i + 1} | {side} | cold GET | {c['gbps']:.2f} | first byte "
-                    f"{c['ttfb_ms']:.0f} ms, HDFS bytes {c['hdfs_bytes'] / BIG_SIZE:.3f}x, "
-                    f"dirty pages at start {c.get('dirty_at_start', 0) / MB:.0f} MB | "
-                    f"{_cpu(c.get('cpu_pct'))} | {_loop(c.get('cpu_pct'))} |"
+                row(
+                    "cold GET",
+                    f"{c['gbps']:.2f}",
+                    f"first byte {c['ttfb_ms']:.0f} ms, HDFS bytes "
+                    f"{c['hdfs_bytes'] / BIG_SIZE:.3f}x, dirty pages at start "
+                    f"{c.get('dirty_at_start', 0) / MB:.0f} MB",
+                    c.get("cpu_pct"),
                 )
             for k, c in enumerate(s.get("cached", [])):
                 more = (
@@ -859,15 +866,13 @@ def render_details(doc: dict[str, Any]) -> str:
                         f"; HDFS bytes over the {CACHED_READS} cached reads "
                         f"{s['cached_hdfs_bytes'] / BIG_SIZE:.3f}x"
                     )
-                lines.append(
-                    f"| {i + 1} | {side} | cached GET ({k + 2}. read) | {c['gbps']:.2f} | {more} "
-                    f"| {_cpu(c.get('cpu_pct'))} | {_loop(c.get('cpu_pct'))} |"
-                )
+                row(f"cached GET ({k + 2}. read)", f"{c['gbps']:.2f}", more, c.get("cpu_pct"))
             if s.get("stream10"):
                 c = s["stream10"]
-                lines.append(
-                    f"| {i + 1} | {side} | {STREAMERS} cached streams | "
-                    f"{c['aggregate_gbps']:.2f} | per stream {c['per_stream_gbps_min']:.2f}-"
+                row(
+                    f"{STREAMERS} cached streams",
+                    f"{c['aggregate_gbps']:.2f}",
+                    f"per stream {c['per_stream_gbps_min']:.2f}-"
                     f"{c['per_stream_gbps_max']:.2f} GB/s; VmHWM {c['peak_rss'] / MB:.0f} MB, "
                     f"sampled VmRSS max {c['sampled_rss_max'] / MB:.0f} MB"
                     + (
@@ -879,22 +884,28 @@ def render_details(doc: dict[str, Any]) -> str:
                     + f" (before the row: "
                     f"peak {s['peak_rss_before_row'] / MB:.0f} MB, reset "
                     f"{'ok' if s['hwm_reset'] else 'FAILED'} to {s['rss_after_reset'] / MB:.0f}"
-                    f" MB) | {_cpu(c.get('cpu_pct'))} | {_loop(c.get('cpu_pct'))} |"
+                    " MB)",
+                    c.get("cpu_pct"),
                 )
             if h.get("error"):
                 lines.append(f"| {i + 1} | {side} | herd | - | {h['error']} | - | - |")
             if h.get("herd"):
                 c = h["herd"]
-                lines.append(
-                    f"| {i + 1} | {side} | {HERD} cold readers | {c['aggregate_gbps']:.2f} | "
+                row(
+                    f"{HERD} cold readers",
+                    f"{c['aggregate_gbps']:.2f}",
                     f"wall {c['wall_s']:.1f} s (first done {c['first_finish_s']:.1f} s), per "
                     f"stream {c['per_stream_gbps_min']:.3f}-{c['per_stream_gbps_max']:.3f} GB/s,"
                     f" HDFS bytes {c['hdfs_amp_raw']:.3f}x raw"
                     f"{'' if c['hdfs_settled'] else ' (counter not settled)'}, lifetime peak "
-                    f"RSS {c['peak_rss_lifetime'] / MB:.0f} MB | {_cpu(c.get('cpu_pct'))} | "
-                    f"{_loop(c.get('cpu_pct'))} |"
+                    f"RSS {c['peak_rss_lifetime'] / MB:.0f} MB",
+                    c.get("cpu_pct"),
                 )
     return "\n".join(lines)
+
+
+def _detail_row(lead: str, what: str, value: str, more: str, cpu: dict[str, float] | None) -> str:
+    return f"{lead} {what} | {value} | {more} | {_cpu(cpu)} | {_loop(cpu)} |"
 
 
 def auto_notes(doc: dict[str, Any], summary: dict[str, Any]) -> list[str]:
