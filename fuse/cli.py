@@ -1,7 +1,7 @@
 """``unionstore mount ENDPOINT BUCKET[/PREFIX] MOUNTPOINT [flags]``.
 
-Hooked into the main command line by ``add_parsers``; also runnable on its own as
-``python -m unionstore.fuse.cli mount ...``. Secrets never come from flags: they come from
+Hooked into the main command line (``unionstore.cli``) by ``add_parsers``. Secrets never
+come from flags: they come from
 AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), or from an AWS
 shared-credentials file (``--credentials-file``, ``--profile``); with neither, requests are
 anonymous.
@@ -10,7 +10,6 @@ anonymous.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -99,21 +98,3 @@ def mount_command(args: argparse.Namespace) -> int:
     except MountError as exc:
         print(f"unionstore mount: {exc}", file=sys.stderr)
         return 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="unionstore")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parsers(sub)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    code: int = args.func(args)
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -57,14 +57,8 @@ def unmount(path: Path) -> None:
 
 
 def mount_command() -> list[str]:
-    """``unionstore mount`` once the main CLI has it, the bridge's own entry point until then."""
-    from unionstore import cli
-
-    parser = cli.build_parser()
-    for action in parser._subparsers._group_actions if parser._subparsers else []:
-        if "mount" in getattr(action, "choices", {}):
-            return [sys.executable, "-m", "unionstore.cli", "mount"]
-    return [sys.executable, "-m", "unionstore.fuse.cli", "mount"]
+    """``unionstore mount``, as a user runs it."""
+    return [sys.executable, "-m", "unionstore.cli", "mount"]
 
 
 class FuseMount:
