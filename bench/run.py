@@ -105,8 +105,19 @@ VARIANT_NOTES = {
     "read path)",
     "unionstore-2workers": "`workers = 2`: two hypercorn worker processes sharing one block cache",
 }
+#: The server's floor (bench/floor.py): hypercorn with an app that answers from memory, by
+#: worker count. Not a gateway: the most any app on this server stack can do per request.
+FLOORS: dict[str, int] = {"hypercorn-floor": 1, "hypercorn-floor-2workers": 2}
+VARIANT_NOTES.update(
+    {
+        name: f"not a gateway: hypercorn ({n} worker{'s' if n > 1 else ''}, uvloop, the "
+        "gateway's settings) with an app that answers from memory and checks nothing "
+        "(bench/floor.py), the most any app on this server can do per request"
+        for name, n in FLOORS.items()
+    }
+)
 DEFAULT_SIDES = (OURS, "unionstore-nocache", PEER)
-ALL_SIDES = (*OUR_VARIANTS, PEER)
+ALL_SIDES = (*OUR_VARIANTS, *FLOORS, PEER)
 
 ROWS: dict[str, str] = {
     "get1g": "GET 1 GiB object (GB/s)",
@@ -423,10 +434,46 @@ class Side:
         }
 
 
+class FloorProcess:
+    """bench/floor.py's hypercorn in a process group of its own."""
+
+    def __init__(self, workers: int, workdir: Path) -> None:
+        self.port, self.workers = free_port(), workers
+        self.log_path = workdir / "floor.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> FloorProcess:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bench.floor", str(self.port), str(self.workers)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                start_new_session=True,
+            )
+        try:
+            wait_for_port(LOOPBACK, self.port, timeout, self.proc, self.log_path)  # type: ignore[arg-type]
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_group(self.proc, grace=10.0)
+            self.proc = None
+
+
 def start_side(name: str, hdfs: HdfsCluster, workdir: Path) -> Side:
     if name == PEER:
         peer = PeerProcess(hdfs.url, workdir).start()
         return Side(PEER, peer.endpoint, peer.pid, peer.stop, peer.log_tail)
+    if name in FLOORS:
+        floor = FloorProcess(FLOORS[name], workdir).start()
+        assert floor.proc is not None
+        endpoint = f"http://{LOOPBACK}:{floor.port}"
+        return Side(name, endpoint, floor.proc.pid, floor.stop, lambda: log_tail(floor.log_path))
     config = {
         "mounts": [{"bucket": BUCKET, "uri": hdfs.url + HDFS_ROOT}],
         **OUR_VARIANTS[name],
@@ -463,7 +510,7 @@ def check_side(side: Side) -> list[str]:
     if status != 404:
         problems.append(f"GET of a missing key: {status}, wanted 404")
     status, _, _ = request(tamper(side.urls["get100k"][0]))
-    if status != 403:
+    if status != 403 and side.name not in FLOORS:
         problems.append(f"GET with a wrong signature: {status}, wanted 403 (auth not enforced?)")
     return problems
 
@@ -808,16 +855,35 @@ def _short(side: str) -> str:
     return side.replace("unionstore", "us") if side != OURS else "us"
 
 
+def floor_of(side: str) -> str:
+    """The floor side with the worker count of gateway ``side``."""
+    return next(name for name, n in FLOORS.items() if n == _workers(side))
+
+
+def _floor_pairs(sides: list[str]) -> list[tuple[str, str]]:
+    """(gateway, its floor) for the gateways of this run whose floor ran too."""
+    return [
+        (s, floor_of(s))
+        for s in sides
+        if s in OUR_VARIANTS and _workers(s) in FLOORS.values() and floor_of(s) in sides
+    ]
+
+
 def render_table(table: list[dict[str, Any]], sides: list[str]) -> str:
     ours = [s for s in sides if s != PEER]
+    pairs = _floor_pairs(sides)
     head = ["row", *sides]
     if PEER in sides:
         head += [f"ratio {s} / peer" for s in ours]
+    head += [f"{s} / {f}" for s, f in pairs]
     rows = []
     for e in table:
         cells = [e["label"], *(_cell(e, s) for s in sides)]
         if PEER in sides:
             cells += [ratio_text(e["ratio"].get(s)) for s in ours]
+        for s, f in pairs:
+            mine, floor = (e["sides"].get(x, {}).get("median") for x in (s, f))
+            cells.append(f"{mine / floor:.0%}" if mine and floor and e["id"] != "rss" else "-")
         rows.append(cells)
     return markdown_table(head, rows)
 
@@ -861,6 +927,15 @@ def verdicts(table: list[dict[str, Any]], sides: list[str]) -> list[str]:
     out = []
     for side in sides:
         if side == PEER:
+            continue
+        if side in FLOORS:
+            for e in table:
+                r = e["ratio"].get(side)
+                if r is not None and r < 1:
+                    out.append(
+                        f"- {side}, {e['label']}: the server with an empty app reaches "
+                        f"{ratio_text(r)} the peer's rate: no app on it can reach 1x."
+                    )
             continue
         for e in table:
             r = e["ratio"].get(side)
@@ -1066,6 +1141,8 @@ def _measurements(runs: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 
 
 def _workers(side: str) -> int:
+    if side in FLOORS:
+        return FLOORS[side]
     return int(OUR_VARIANTS.get(side, {}).get("workers", 1))
 
 
@@ -1199,7 +1276,7 @@ def run_round(
             result["rows"][row] = {}
             running = [sides[name] for name in order if name in sides]
             if row == "get1g":
-                for side in running:
+                for side in (s for s in running if s.name not in FLOORS):
                     log(f"round {rnd + 1}/{args.rounds}: {row} on {side.name}")
                     try:
                         m = measure_big(side, hdfs, settings, jvms)
@@ -1233,6 +1310,8 @@ def run_round(
                     f"HDFS {c['namenode'] + c['datanode']:.0f}% rest {c['rest']:.0f}%"
                 )
         for name, side in sides.items():
+            if name in FLOORS:  # it holds every answer in memory: its RSS says nothing
+                continue
             with contextlib.suppress(Exception):
                 result["rss"][name] = side.peak_rss()
     finally:
