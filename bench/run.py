@@ -267,22 +267,19 @@ print("STOPPED", flush=True)
 """
 
 
-class PeerProcess:
-    """hdfs-s3-gateway in a `python -c` subprocess of its own process group."""
+class ServerProcess:
+    """A server under test in a process group of its own, on a free loopback port, its
+    output in a log file."""
 
-    def __init__(self, namenode_uri: str, workdir: Path) -> None:
+    def __init__(self, workdir: Path, log_name: str) -> None:
         self.port = free_port()
         self.workdir = workdir
-        self.log_path = workdir / "peer.log"
-        self.config = {
-            "namenode_uri": namenode_uri,
-            "hdfs_root": HDFS_ROOT,
-            "bucket_name": BUCKET,
-            "cache_enabled": True,
-            "listen_addr": f"{LOOPBACK}:{self.port}",  # never the 0.0.0.0:8080 default
-            "auth_secret": ADMIN_SECRET,  # SigV4 checked on every request, as on our side
-        }
+        self.log_path = workdir / log_name
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> tuple[list[str], Path]:
+        """(argv, working folder)."""
+        raise NotImplementedError
 
     @property
     def endpoint(self) -> str:
@@ -293,14 +290,15 @@ class PeerProcess:
         assert self.proc is not None
         return self.proc.pid
 
-    def start(self, timeout: float = 30.0) -> PeerProcess:
+    def start(self, timeout: float = 30.0) -> ServerProcess:
+        argv, cwd = self.command()
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", PEER_LAUNCHER, json.dumps(self.config)],
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                cwd=self.workdir,
+                cwd=cwd,
                 start_new_session=True,
             )
         try:
@@ -318,6 +316,35 @@ class PeerProcess:
 
     def log_tail(self) -> str:
         return log_tail(self.log_path)
+
+
+class PeerProcess(ServerProcess):
+    """hdfs-s3-gateway in a `python -c` subprocess."""
+
+    def __init__(self, namenode_uri: str, workdir: Path) -> None:
+        super().__init__(workdir, "peer.log")
+        self.config = {
+            "namenode_uri": namenode_uri,
+            "hdfs_root": HDFS_ROOT,
+            "bucket_name": BUCKET,
+            "cache_enabled": True,
+            "listen_addr": f"{LOOPBACK}:{self.port}",  # never the 0.0.0.0:8080 default
+            "auth_secret": ADMIN_SECRET,  # SigV4 checked on every request, as on our side
+        }
+
+    def command(self) -> tuple[list[str], Path]:
+        return [sys.executable, "-c", PEER_LAUNCHER, json.dumps(self.config)], self.workdir
+
+
+class FloorProcess(ServerProcess):
+    """bench/floor.py's hypercorn."""
+
+    def __init__(self, workers: int, workdir: Path) -> None:
+        super().__init__(workdir, "floor.log")
+        self.workers = workers
+
+    def command(self) -> tuple[list[str], Path]:
+        return [sys.executable, "-m", "bench.floor", str(self.port), str(self.workers)], REPO
 
 
 class Watchdog:
@@ -434,46 +461,13 @@ class Side:
         }
 
 
-class FloorProcess:
-    """bench/floor.py's hypercorn in a process group of its own."""
-
-    def __init__(self, workers: int, workdir: Path) -> None:
-        self.port, self.workers = free_port(), workers
-        self.log_path = workdir / "floor.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 60.0) -> FloorProcess:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.floor", str(self.port), str(self.workers)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-                start_new_session=True,
-            )
-        try:
-            wait_for_port(LOOPBACK, self.port, timeout, self.proc, self.log_path)  # type: ignore[arg-type]
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_group(self.proc, grace=10.0)
-            self.proc = None
-
-
 def start_side(name: str, hdfs: HdfsCluster, workdir: Path) -> Side:
     if name == PEER:
         peer = PeerProcess(hdfs.url, workdir).start()
         return Side(PEER, peer.endpoint, peer.pid, peer.stop, peer.log_tail)
     if name in FLOORS:
-        floor = FloorProcess(FLOORS[name], workdir).start()
-        assert floor.proc is not None
-        endpoint = f"http://{LOOPBACK}:{floor.port}"
-        return Side(name, endpoint, floor.proc.pid, floor.stop, lambda: log_tail(floor.log_path))
+        floor = FloorProcess(FLOORS[name], workdir).start(timeout=60.0)
+        return Side(name, floor.endpoint, floor.pid, floor.stop, floor.log_tail)
     config = {
         "mounts": [{"bucket": BUCKET, "uri": hdfs.url + HDFS_ROOT}],
         **OUR_VARIANTS[name],
