@@ -18,7 +18,10 @@ Design (after juicefs ``prefetch.go`` and mountpoint-s3's prefetcher):
   128 KiB read at most one small block more than it asked for. A large block already
   cached is used for random reads too (only the asked-for range is read from disk).
 - Concurrent misses of one block are merged (one GET, every reader awaits it); blocks go to a
-  small RAM LRU at once and to disk in the background.
+  small RAM LRU at once and to disk in the background, after the reply: one writer task
+  drains everything fetched meanwhile, in one thread hop and one SQLite transaction per
+  batch of ``WRITE_BATCH`` blocks (a burst of cold small files costs a few transactions,
+  not one each). Until written, a block is served from RAM (``_unwritten``).
 - Read amplification = bytes fetched / bytes returned to the kernel, per pattern, reported by
   :meth:`BlockCache.statistics` (read-ahead counts as sequential).
 """
@@ -31,7 +34,7 @@ import errno
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -47,6 +50,7 @@ T = TypeVar("T")
 SEQ_AHEAD = 256 << 10  # a read this far past the last one still continues it
 SEQ_BEHIND = 2 << 20  # the kernel's async read-ahead may arrive a little out of order
 SEQ_RUN = 512 << 10  # bytes read in one run before a reader counts as sequential
+WRITE_BATCH = 64  # blocks stored in one disk transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +115,8 @@ class BlockCache:
         self._mem: OrderedDict[str, bytes] = OrderedDict()
         self._mem_used = 0
         self._unwritten: dict[str, bytes] = {}  # fetched, disk write pending
+        self._queued: list[tuple[str, bytes, str]] = []  # (key, block, tag) for the writer
+        self._writing: asyncio.Task[None] | None = None  # the writer task, while it runs
         self._tasks: set[asyncio.Task[None]] = set()
         self.counts: Counter[str] = Counter()
         # One thread each for disk reads and writes: an LRU read updates the SQLite index,
@@ -148,19 +154,19 @@ class BlockCache:
         self.counts["read_us"] += int((time.perf_counter() - started) * 1e6)
         return data
 
-    def prefetch(self, obj: ObjectVersion, fetch: Fetch) -> None:
+    def prefetch(self, obj: ObjectVersion, fetch: Fetch) -> bool:
         """Fetch a small object (one large block) ahead of its reader, through the read-ahead
         queue: a directory read in order (``scan.py``). Only what is on no disk yet: a block
-        read from disk gains little by being read early."""
+        read from disk gains little by being read early. False if the queue was full."""
         if not 0 < obj.size <= self.large or self.readahead_blocks <= 0:
-            return
+            return True
         key = block_key(obj.file_id, obj.version, self.large, 0)
         if key in self._ra_keys or key in self._inflight or self._memory_get(key) is not None:
-            return
+            return True
         if self.disk.contains(key):
-            return
+            return True
         self.counts["prefetch.files"] += 1
-        self._readahead(obj, fetch, 0)
+        return self._readahead(obj, fetch, 0, on_disk=False)
 
     def statistics(self) -> dict[str, object]:
         c = self.counts
@@ -226,13 +232,17 @@ class BlockCache:
             running = self._start_fetch(obj, fetch, self.large, i, [key], kind)[0]
         return await asyncio.shield(running)
 
-    def _readahead(self, obj: ObjectVersion, fetch: Fetch, i: int) -> None:
+    def _readahead(
+        self, obj: ObjectVersion, fetch: Fetch, i: int, *, on_disk: bool | None = None
+    ) -> bool:
+        """Queue block ``i`` (``on_disk=False``: the caller just found it on no disk); False
+        if the queue is full."""
         key = block_key(obj.file_id, obj.version, self.large, i)
         if key in self._ra_keys or key in self._inflight or self._memory_get(key) is not None:
-            return
+            return True
         if len(self._ra_keys) >= self._ra_limit:
             self.counts["readahead.dropped"] += 1
-            return
+            return False
         self._ra_keys.add(key)
         self.counts["readahead.queued"] += 1
 
@@ -241,7 +251,7 @@ class BlockCache:
                 async with self._ra_sem:
                     if key in self._inflight or self._memory_get(key) is not None:
                         return
-                    data = await self._from_disk(key)
+                    data = None if on_disk is False else await self._from_disk(key)
                     if data is not None:  # cached on disk: bring it to RAM ahead of the reader
                         self.counts["readahead.from_disk"] += 1
                         self._memory_put(key, data)
@@ -254,6 +264,7 @@ class BlockCache:
                 self._ra_keys.discard(key)
 
         self._spawn(run(), "readahead")
+        return True
 
     # -- random ------------------------------------------------------------------------------
     async def _read_random(self, obj: ObjectVersion, fetch: Fetch, offset: int, end: int) -> bytes:
@@ -352,12 +363,14 @@ class BlockCache:
                 raise S3Error(errno.EIO, f"short read of {obj.file_id}: {len(data)} < {length}")
             self.counts[f"fetched_bytes.{kind}"] += length
             self.counts[f"gets.{kind}"] += 1
-            items = [(k, data[n * bs : (n + 1) * bs]) for n, k in enumerate(keys)]
-            for (k, blk), fut in zip(items, futs, strict=True):
+            for n, (k, fut) in enumerate(zip(keys, futs, strict=True)):
+                blk = data[n * bs : (n + 1) * bs]
                 self._memory_put(k, blk)
                 self._unwritten[k] = blk
+                self._queued.append((k, blk, obj.file_id))
                 fut.set_result(blk)
-            self._spawn(self._write(items, obj.file_id), "write")
+            if self._writing is None:
+                self._writing = self._spawn(self._write_queued(), "write")
         except BaseException as exc:
             for fut in futs:
                 if not fut.done():
@@ -370,22 +383,30 @@ class BlockCache:
                 if self._inflight.get(k) is fut:
                     del self._inflight[k]
 
-    async def _write(self, items: list[tuple[str, bytes]], tag: str) -> None:
+    async def _write_queued(self) -> None:
+        """Store queued blocks, a batch at a time, until none are left."""
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.get_running_loop().run_in_executor(
-                self._writer, self.disk.put_many, items, tag
-            )
-        except Exception as exc:
-            log.warning("cannot store %d blocks of %s: %s", len(items), tag, exc)
+            while self._queued:
+                batch = self._queued[:WRITE_BATCH]
+                del self._queued[:WRITE_BATCH]
+                try:
+                    await loop.run_in_executor(self._writer, self.disk.put_tagged, batch)
+                    self.counts["disk.batches"] += 1
+                    self.counts["disk.blocks"] += len(batch)
+                except Exception as exc:  # not cached: fetched again when next read
+                    log.warning("cannot store %d blocks: %s", len(batch), exc)
+                finally:
+                    for k, _, _ in batch:
+                        self._unwritten.pop(k, None)
         finally:
-            for k, _ in items:
-                self._unwritten.pop(k, None)
+            self._writing = None
 
-    def _spawn(self, coro: Awaitable[None], name: str) -> None:
-        task = asyncio.ensure_future(coro)
-        task.set_name(name)
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # -- RAM ---------------------------------------------------------------------------------
     def _memory_get(self, key: str) -> bytes | None:

@@ -89,13 +89,13 @@ class OpenFiles:
         fs = self.fs
         parent, _, name = node.path.rpartition("/")
 
-        def prefetch(ahead: str, stat: Stat) -> None:
+        def prefetch(ahead: str, stat: Stat) -> bool:
             path = join(parent, ahead)
             known = fs.inodes.by_path(path)
             if known is not None and known.page_cache_version == stat.version:
-                return  # the kernel holds its pages
+                return True  # the kernel holds its pages
             key = fs.meta.key(path)
-            fs.blocks.prefetch(fs.object_version(key, stat), fs.fetcher(key, stat.version))
+            return fs.blocks.prefetch(fs.object_version(key, stat), fs.fetcher(key, stat.version))
 
         fs.scans.opened(
             parent,

@@ -1,5 +1,5 @@
 """A small async S3 client for one bucket: ``transport.HttpClient`` (keep-alive HTTP/1.1) to
-talk, botocore only to sign (SigV4).
+talk, ``sigv4.Signer`` to sign.
 
 Path-style URLs, keys percent-encoded once here. Retries live in one place (:meth:`_send`):
 transport failures, 5xx and SlowDown are retried with exponential back-off; every other error
@@ -20,15 +20,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
 from urllib.parse import quote, unquote_plus, urlsplit
-
-from botocore.auth import S3SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials as BotoCredentials
 
 from unionstore.fuse.config import Credentials
 from unionstore.fuse.s3errors import S3Error, from_response, from_transport, parse_error_body
+from unionstore.fuse.sigv4 import Signer, host_header
 from unionstore.fuse.transport import HttpClient, HttpError, Response
 
 log = logging.getLogger("unionstore.fuse.s3")
@@ -50,14 +46,6 @@ class ListPage:
     objects: list[ObjectMeta]
     prefixes: list[str]
     next_token: str | None
-
-
-class _Signer(S3SigV4Auth):  # type: ignore[misc]
-    """SigV4 with the payload hash computed by the caller (off the event loop for big bodies)."""
-
-    def payload(self, request: Any) -> str:
-        given = request.context.get("payload_sha256")
-        return str(given) if given else str(super().payload(request))
 
 
 def _local(tag: str) -> str:
@@ -101,12 +89,16 @@ class S3Client:
         self.bucket = bucket
         self.retries = retries
         self.stats: Counter[str] = Counter()
-        self._auth: _Signer | None = None
+        self._auth: Signer | None = None
         if credentials is not None:
-            boto = BotoCredentials(
-                credentials.access_key, credentials.secret_key, credentials.session_token
+            self._auth = Signer(
+                credentials.access_key,
+                credentials.secret_key,
+                region,
+                session_token=credentials.session_token,
             )
-            self._auth = _Signer(boto, "s3", region)
+        self._host = host_header(self.endpoint)
+        self._bucket_path = urlsplit(self.endpoint).path + "/" + quote(bucket, safe="")
         self._http = HttpClient(
             self.endpoint, max_connections=max_connections, timeout=timeout, connect_timeout=10.0
         )
@@ -115,17 +107,17 @@ class S3Client:
         await self._http.aclose()
 
     # -- transport ---------------------------------------------------------------------------
-    def _url(self, key: str | None, query: Mapping[str, str] | None) -> str:
-        url = f"{self.endpoint}/{quote(self.bucket, safe='')}"
-        if key is not None:
-            url += "/" + encode_key(key)
-        if query:
-            parts = [
-                f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" if v != "" else quote(k)
-                for k, v in sorted(query.items())
-            ]
-            url += "?" + "&".join(parts)
-        return url
+    def _path(self, key: str | None) -> str:
+        return self._bucket_path if key is None else self._bucket_path + "/" + encode_key(key)
+
+    @staticmethod
+    def _query(query: Mapping[str, str] | None) -> str:
+        if not query:
+            return ""
+        return "&".join(
+            f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" if v != "" else quote(k)
+            for k, v in sorted(query.items())
+        )
 
     async def _send(
         self,
@@ -138,9 +130,8 @@ class S3Client:
         body: bytes = b"",
         ok: Sequence[int] = (200,),
     ) -> Response:
-        url = self._url(key, query)
-        split = urlsplit(url)
-        target = split.path + ("?" + split.query if split.query else "")
+        path, qs = self._path(key), self._query(query)
+        target = path + "?" + qs if qs else path
         payload_hash = EMPTY_SHA256
         if body:
             payload_hash = (
@@ -152,10 +143,7 @@ class S3Client:
         for attempt in range(self.retries + 1):
             hdrs = dict(headers or {})
             if self._auth is not None:
-                req = AWSRequest(method=method, url=url, headers=hdrs, data=body)
-                req.context["payload_sha256"] = payload_hash
-                self._auth.add_auth(req)
-                hdrs = dict(req.headers.items())
+                hdrs = self._auth.sign(method, self._host, path, qs, hdrs, payload_hash)
             self.stats[f"requests.{op}"] += 1
             self.stats["bytes_out"] += len(body)
             try:

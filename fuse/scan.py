@@ -10,10 +10,13 @@ Detection, per directory: the positions (in the listing's name order) of the las
 ``RECENT`` files opened for reading. A file opened after both of its two predecessors makes
 a scan; the next ``window`` small files (one large block or less) after it are handed to
 the block cache's read-ahead queue, which is bounded, drops when full and skips blocks
-cached or in flight. Shuffled readers almost never open both neighbours before a file
-(with 32 recent files of 10,000: about one open in 100,000), so they get nothing fetched
-that they do not read. Needs a cached listing of the directory (``readdir`` fills it);
-without one, nothing is predicted.
+cached or in flight. Each file is handed once per scan: the directory remembers how far
+ahead it has handed files (``ahead``), so an open usually hands one new file, not
+``window`` of them (a jump back by more than two windows starts over; a file the queue
+refused is handed again at the next open). Shuffled readers almost never open both
+neighbours before a file (with 32 recent files of 10,000: about one open in 100,000), so
+they get nothing fetched that they do not read. Needs a cached listing of the directory
+(``readdir`` fills it); without one, nothing is predicted.
 """
 
 from __future__ import annotations
@@ -34,11 +37,12 @@ class _Dir:
     names: list[str]
     position: dict[str, int]
     recent: deque[int] = field(default_factory=lambda: deque(maxlen=RECENT))
+    ahead: int = 0  # files before this position were handed to ``prefetch`` in this scan
 
 
 class DirectoryScans:
     """Which files to fetch ahead when a file is opened; ``prefetch(name, stat)`` is called
-    for each of them."""
+    for each of them, and returns False if it could not take it (the queue is full)."""
 
     def __init__(self) -> None:
         self._dirs: OrderedDict[str, _Dir] = OrderedDict()
@@ -51,7 +55,7 @@ class DirectoryScans:
         listing: dict[str, Stat] | None,
         window: int,
         max_size: int,
-        prefetch: Callable[[str, Stat], None],
+        prefetch: Callable[[str, Stat], bool],
     ) -> None:
         if listing is None or window <= 0:
             return
@@ -64,13 +68,21 @@ class DirectoryScans:
         if not scanning:
             return
         self.detected += 1
-        for j in range(i + 1, min(len(d.names), i + 1 + window)):
+        start = i + 1
+        if start < d.ahead <= start + 2 * window:  # this scan handed files up to there
+            start = d.ahead
+        end = min(len(d.names), i + 1 + window)
+        for j in range(start, end):
             if j in d.recent:
                 continue
             ahead = d.names[j]
             stat = listing.get(ahead)
-            if stat is not None and not stat.is_dir and 0 < stat.size <= max_size:
-                prefetch(ahead, stat)
+            if stat is None or stat.is_dir or not 0 < stat.size <= max_size:
+                continue
+            if not prefetch(ahead, stat):
+                end = j  # refused: offered again at the next open
+                break
+        d.ahead = max(d.ahead, end) if start > i + 1 else end
 
     def _dir(self, parent: str, listing: dict[str, Stat]) -> _Dir:
         d = self._dirs.get(parent)

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import hdfs_native
@@ -52,6 +53,7 @@ FILES: dict[str, bytes] = {
     "rand4k.bin": _rand(16 << 20, 10),  # read amplification, 4 KiB random reads
     "mm.bin": _rand(12 << 20, 11),  # mmap
     "restart.bin": _rand(6 << 20, 12),  # disk cache reused across a crash
+    **{f"cold/c{i:02d}.bin": _rand(100_000 + i, 40 + i) for i in range(16)},  # ditto, small
     "d1/d2/d3/deep.txt": b"deep",
     "ctl/a/file": b"1",
     "ctl/b/file": b"1",
@@ -479,16 +481,20 @@ def test_read_only_mount_refuses_writes(gw: GatewayProcess) -> None:
 
 
 # -- restart ----------------------------------------------------------------------------------
+def _daemon_and_its_restart(gw: GatewayProcess, tmp_path: Path) -> tuple[FuseMount, FuseMount]:
+    """Two daemons (not started) for one mountpoint and one disk cache."""
+    a, b = (
+        _mount(gw, workdir=tmp_path / w, mountpoint=tmp_path / "mnt", cache_dir=tmp_path / "cache")
+        for w in ("a", "b")
+    )
+    return a, b
+
+
 def test_restart_after_crash_remounts_and_reuses_the_disk_cache(
     gw: GatewayProcess, tmp_path: Path
 ) -> None:
     body = FILES["restart.bin"]
-    first = _mount(
-        gw, workdir=tmp_path / "a", mountpoint=tmp_path / "mnt", cache_dir=tmp_path / "cache"
-    )
-    second = _mount(
-        gw, workdir=tmp_path / "b", mountpoint=tmp_path / "mnt", cache_dir=tmp_path / "cache"
-    )
+    first, second = _daemon_and_its_restart(gw, tmp_path)
     try:
         first.start()
         assert (first.path / "restart.bin").read_bytes() == body
@@ -511,6 +517,37 @@ def test_restart_after_crash_remounts_and_reuses_the_disk_cache(
         second.stop()
         first.stop()
     assert not is_mounted(tmp_path / "mnt")
+
+
+def test_small_files_stored_after_their_replies_survive_a_crash(
+    gw: GatewayProcess, tmp_path: Path
+) -> None:
+    """Cold 100 KB files read by 8 threads at once: their blocks reach the disk cache after
+    the replies, in batches; once written they are served after a crash without a GET."""
+    names = sorted(k for k in FILES if k.startswith("cold/"))
+    first, second = _daemon_and_its_restart(gw, tmp_path)
+    try:
+        first.start()
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda k: (first.path / k).read_bytes(), names))
+        assert got == [FILES[k] for k in names]
+        poll_until(
+            lambda: first.stats()["cache"]["unwritten_blocks"] == 0,
+            30,
+            "blocks to reach the disk cache",
+        )
+        cache = first.stats()["cache"]
+        assert cache["disk.blocks"] == len(names) >= cache["disk.batches"], cache
+        first.kill()
+        second.start()
+        for k in names:
+            assert (second.path / k).read_bytes() == FILES[k], k
+        stats = second.stats()
+        assert stats["s3"].get("requests.GetObject", 0) == 0, stats
+        assert stats["cache"]["hits.disk"] == len(names), stats
+    finally:
+        second.stop()
+        first.stop()
 
 
 def test_errors_at_the_boundary_never_stop_the_daemon(hdfs: HdfsCluster) -> None:

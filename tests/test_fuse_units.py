@@ -1,0 +1,147 @@
+"""Pieces of the bridge's cold-read path, without a mount: the SigV4 signer against
+botocore's, directory scans handing each file to read-ahead once, and fetched blocks reaching
+the disk cache in batches after the reads that fetched them returned."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+from pathlib import Path
+from unittest import mock
+
+import botocore.auth
+import pytest
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from unionstore.cache.store import block_key
+from unionstore.fuse.blockcache import AccessPattern, BlockCache, Fetch, ObjectVersion
+from unionstore.fuse.diskblocks import SMALL_VALUE, DiskBlocks
+from unionstore.fuse.metadata import Stat
+from unionstore.fuse.scan import DirectoryScans
+from unionstore.fuse.sigv4 import Signer, host_header
+
+NOW = 1_700_000_000  # 2023-11-14T22:13:20Z
+
+
+@pytest.mark.parametrize("token", [None, "session-token"])
+@pytest.mark.parametrize(
+    ("endpoint", "method", "path", "query", "headers", "body"),
+    [
+        ("http://127.0.0.1:9000", "GET", "/b/k%20x/y~z", "", {"Range": "bytes=0-99"}, b""),
+        (
+            "http://LocalHost:80",
+            "GET",
+            "/b",
+            "delimiter=%2F&list-type=2&prefix=a%2Fb",
+            {"If-Match": '"abc"'},
+            b"",
+        ),
+        ("https://h.example:443", "POST", "/b/k", "uploads", {"Content-Type": "a/b"}, b""),
+        ("http://[::1]:9000", "PUT", "/b/k", "partNumber=1&uploadId=x", {}, b"part  body"),
+    ],
+)
+def test_the_signer_signs_as_botocore_does(
+    token: str | None,
+    endpoint: str,
+    method: str,
+    path: str,
+    query: str,
+    headers: dict[str, str],
+    body: bytes,
+) -> None:
+    payload = hashlib.sha256(body).hexdigest()
+    ours = Signer("AKID", "SECRET", "eu-west-1", session_token=token, clock=lambda: NOW + 0.7)
+    got = ours.sign(method, host_header(endpoint), path, query, headers, payload)
+    url = endpoint + path + ("?" + query if query else "")
+    request = AWSRequest(method=method, url=url, headers=dict(headers), data=body)
+    at = dt.datetime.fromtimestamp(NOW, dt.UTC).replace(tzinfo=None)
+    with mock.patch.object(botocore.auth, "get_current_datetime", lambda: at):
+        botocore.auth.S3SigV4Auth(Credentials("AKID", "SECRET", token), "s3", "eu-west-1").add_auth(
+            request
+        )
+    assert got == dict(request.headers.items())
+
+
+def test_the_signing_key_is_derived_once_a_day() -> None:
+    clock = [float(NOW)]
+    signer = Signer("AKID", "SECRET", "us-east-1", clock=lambda: clock[0])
+    first = signer.sign("GET", "h", "/b/k", "", {}, "x")["Authorization"]
+    key = signer.signing_key("20231114")
+    clock[0] += 1
+    second = signer.sign("GET", "h", "/b/k", "", {}, "x")["Authorization"]
+    assert first != second and signer.signing_key("20231114") is key
+    clock[0] += 86_400
+    assert "/20231115/" in signer.sign("GET", "h", "/b/k", "", {}, "x")["Authorization"]
+
+
+def _listing(n: int) -> dict[str, Stat]:
+    return {f"f{i:03d}": Stat(False, 100, 1, f"e{i}") for i in range(n)}
+
+
+def test_a_scan_hands_each_file_to_read_ahead_once() -> None:
+    scans, listing, handed = DirectoryScans(), _listing(40), []
+
+    def prefetch(name: str, stat: Stat) -> bool:
+        handed.append(name)
+        return True
+
+    for i in range(20):
+        scans.opened("d", f"f{i:03d}", listing, 4, 1 << 20, prefetch)
+    assert handed == [f"f{i:03d}" for i in range(3, 24)]  # the third open starts the scan
+
+
+def test_a_scan_offers_a_refused_file_again_and_starts_over_after_a_jump_back() -> None:
+    scans, listing, handed = DirectoryScans(), _listing(100), []
+    refuse = {"f004"}
+
+    def prefetch(name: str, stat: Stat) -> bool:
+        handed.append(name)
+        return name not in refuse
+
+    for i in range(3):
+        scans.opened("d", f"f{i:03d}", listing, 4, 1 << 20, prefetch)
+    assert handed == ["f003", "f004"]  # f004 refused: f005 and f006 wait for it
+    refuse.clear()
+    scans.opened("d", "f003", listing, 4, 1 << 20, prefetch)
+    assert handed[2:] == ["f004", "f005", "f006", "f007"]
+    for i in range(4, 50):
+        scans.opened("d", f"f{i:03d}", listing, 4, 1 << 20, prefetch)
+    assert handed[-1] == "f053"
+    handed.clear()
+    for i in range(3):  # a second pass from the start (out of the recent opens): a new scan
+        scans.opened("d", f"f{i:03d}", listing, 4, 1 << 20, prefetch)
+    assert handed == ["f003", "f004", "f005", "f006"]
+
+
+async def test_fetched_blocks_reach_the_disk_in_batches_after_the_reads(tmp_path: Path) -> None:
+    """Twenty cold small files read at once: every read is answered from RAM before anything
+    is on disk, the blocks are stored in one batch, and a new cache on the same folder (a
+    restarted daemon) has all of them, inline and as files alike."""
+    sizes = [100_000 + i for i in range(19)] + [SMALL_VALUE + 5]
+    bodies = {f"k{i}": bytes([i]) * n for i, n in enumerate(sizes)}
+    objs = {k: ObjectVersion(f"ep/b/{k}", f"e:{len(v)}", len(v)) for k, v in bodies.items()}
+    cache = BlockCache(DiskBlocks(tmp_path / "blocks", 1 << 30))
+
+    def fetcher(key: str) -> Fetch:
+        async def fetch(offset: int, length: int) -> bytes:
+            return bodies[key][offset : offset + length]
+
+        return fetch
+
+    reads = [cache.read(objs[k], fetcher(k), 0, 1 << 20, AccessPattern()) for k in sorted(bodies)]
+    got = await asyncio.gather(*reads)
+    assert got == [bodies[k] for k in sorted(bodies)]
+    assert cache.statistics()["unwritten_blocks"] == len(bodies)  # replies came first
+    await cache.close()
+    assert cache.counts["disk.batches"] == 1
+    assert cache.counts["disk.blocks"] == len(bodies)
+    assert cache.statistics()["unwritten_blocks"] == 0
+    cache.disk.close()
+
+    reopened = DiskBlocks(tmp_path / "blocks", 1 << 30)
+    for k, body in bodies.items():
+        assert reopened.get(block_key(objs[k].file_id, objs[k].version, 4 << 20, 0)) == body
+    assert len(list((tmp_path / "blocks").rglob("*.val"))) == 1  # only the large one a file
+    reopened.close()
