@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from unionstore.cache.store import BlockStore, read_value
+from unionstore.cache.store import BlockStore
 
 SMALL_VALUE = 1 << 17  # diskcache keeps values below this inside SQLite, larger ones as files
 
@@ -38,17 +38,12 @@ class DiskBlocks(BlockStore):
         self.sweep_orphans()
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        """Several small blocks, the hits in one transaction."""
-        present = [k for k in keys if k in self._cache]
-        if not present:
-            return [None] * len(keys)
-        with self._cache.transact(retry=True):
-            found = {k: self._cache.get(k, default=None, retry=True) for k in present}
-        return [v if isinstance(v := found.get(k), bytes) else None for k in keys]
+        """Several small blocks (None for each one not cached)."""
+        return [self.read(k) for k in keys]
 
     def get_range(self, key: str, lo: int, hi: int) -> bytes | None:
         """Bytes ``[lo, hi)`` of one block, reading only those from disk."""
-        return read_value(self._cache, key, lo, hi)
+        return self.read(key, lo, hi)
 
     def put_many(self, items: Iterable[tuple[str, bytes]], tag: str) -> None:
         """Store blocks of one object (see :meth:`put_tagged`)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 from unionstore.cache.blocks import BlockCache, FileVersion
 from unionstore.cache.coordinator import EmbeddedCoordinator
 from unionstore.cache.metadata import MetadataCachingUfs, TtlCache
-from unionstore.cache.store import BlockStore, read_value
+from unionstore.cache.store import BlockStore, open_cache
 from unionstore.errors import NotFound, ServiceUnavailable
 from unionstore.ufs.base import FileStatus, UnderFileSystem
 from unionstore.ufs.local import LocalUfs
@@ -324,7 +325,66 @@ def test_block_store_keeps_bytes_exactly_as_files_or_inline(tmp_path: Path) -> N
     assert len(files) == 1 and files[0].stat().st_size == len(big)
     assert store.get("big") == big
     assert store.get("small") == small
-    assert read_value(store._cache, "big", 10, 20) == big[10:20]
+    assert store.read("big", 10, 20) == big[10:20]
+
+
+def test_block_hits_keep_lru_order_and_take_no_write_lock(tmp_path: Path) -> None:
+    """A hit is served while another process holds the index's write lock (diskcache's own
+    get would wait for it), and its access time still reaches the index: the block read
+    last survives an eviction that the blocks stored after it do not."""
+    mib = 1 << 20
+    store = BlockStore(tmp_path / "blocks", int(3.5 * mib), cull_limit=1)
+    for key in ("a", "b", "c"):
+        store.put(key, os.urandom(mib), key)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_lock() -> None:
+        other = open_cache(tmp_path / "blocks", int(3.5 * mib), cull_limit=1)
+        with other.transact():
+            holding.set()
+            release.wait(60)
+        other.close()
+
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    assert holding.wait(30)
+    got: list[bytes | None] = []
+    reader = threading.Thread(target=lambda: got.append(store.read("a")))
+    reader.start()
+    reader.join(30)
+    finished = not reader.is_alive()
+    release.set()
+    holder.join()
+    reader.join()
+    assert finished, "a hit waited for the write lock"
+    assert got[0] is not None and len(got[0]) == mib
+    store.write_touches()
+    store.put("d", os.urandom(mib), "d")  # over the limit: the least recently used goes
+    assert [store.contains(k) for k in "abcd"] == [True, False, True, True]
+    store.close()
+
+
+def test_block_reads_on_the_event_loop_never_wait_for_the_disk(tmp_path: Path) -> None:
+    """``nowait`` reads serve the page cache only: a block whose pages were dropped raises
+    BlockingIOError (the caller reads from a thread), a block file gone since the lookup
+    (evicted by another process) is a miss, never an error."""
+    store = BlockStore(tmp_path / "blocks", 1 << 30)
+    data = os.urandom(200_000)
+    store.put("k", data, "f")
+    (path,) = (tmp_path / "blocks").rglob("*.val")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    with pytest.raises(BlockingIOError):
+        store.read("k", nowait=True)
+    assert store.read("k") == data  # from the disk, into the page cache
+    assert store.read("k", 5, 105, nowait=True) == data[5:105]
+    path.unlink()
+    assert store.read("k") is None and store.read("k", nowait=True) is None
+    store.close()
 
 
 def test_the_fuse_block_store_sweeps_orphans_at_start(tmp_path: Path) -> None:

@@ -38,6 +38,9 @@ log = logging.getLogger("unionstore.cache")
 Fetch = Callable[[int, int], Awaitable[bytes]]
 #: blocks a reader has in hand at once: the one being sent and the next one being read
 READ_PIPELINE = 2
+#: blocks up to this size are read on the event loop when the page cache holds them: the
+#: thread hop would cost more than the copy
+INLINE_READ = 256 << 10
 WRITER_THREADS = 2
 
 
@@ -288,6 +291,12 @@ class BlockCache:
             if self._inflight.get(key) is fut:
                 del self._inflight[key]
 
+    async def _from_disk(self, key: str, length: int) -> bytes | None:
+        if length <= INLINE_READ:
+            with contextlib.suppress(BlockingIOError):
+                return self.store.read(key, nowait=True)
+        return await asyncio.to_thread(self.store.get, key)
+
     async def _block(self, fv: FileVersion, state: _FileState, i: int, fetch: Fetch) -> bytes:
         """Block ``i`` for a reader: from disk, from a fill in flight, or fetched directly."""
         stats = self.stats_for(fv.mount)
@@ -299,7 +308,7 @@ class BlockCache:
             stats.hits += 1
             return data
         if key not in self._inflight:
-            data = await asyncio.to_thread(self.store.get, key)
+            data = await self._from_disk(key, want)
             if data is not None and len(data) == want:
                 state.present[i] = 1
                 stats.hits += 1
@@ -314,7 +323,7 @@ class BlockCache:
             with contextlib.suppress(Exception):
                 data = await asyncio.shield(fut)
                 if data is None:  # the fill found it on disk (a restart, another worker)
-                    data = await asyncio.to_thread(self.store.get, key)
+                    data = await self._from_disk(key, want)
                     if data is not None and len(data) == want:
                         stats.hits += 1
                         return data
