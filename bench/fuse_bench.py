@@ -252,7 +252,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                 w.write(chunk)
         gw = GatewayProcess({"mounts": [{"bucket": BUCKET, "uri": hdfs.url + ROOT}]})
         gw.start()
-        stops.append(gw.stop)
+        stops.append(gw.close)
         # warm the gateway's own cache, so every client meets the same gateway: "cold" below
         # is the mount's cache, not the gateway's
         s3 = gw.client()

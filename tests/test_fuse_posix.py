@@ -576,4 +576,4 @@ def test_errors_at_the_boundary_never_stop_the_daemon(hdfs: HdfsCluster) -> None
             assert m.alive(), m.log_tail()
             assert os.listdir(m.path / ".unionstore")  # still answering
     finally:
-        gateway.stop()
+        gateway.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -71,6 +72,7 @@ class GatewayProcess:
 
     def __init__(self, config: dict[str, Any], *, workdir: Path | None = None) -> None:
         self.port = free_port()
+        self._own_workdir = workdir is None  # made here: removed by close()
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="unionstore-gw-"))
         config = {
             "listen": f"127.0.0.1:{self.port}",
@@ -169,4 +171,11 @@ class GatewayProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the gateway and remove the folder made for it (its cache, config and log);
+        ``stop()`` alone keeps them for a restart."""
         self.stop()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
