@@ -80,6 +80,7 @@ from bench.loadgen import (  # noqa: E402
 )
 from tests.support.gateway import ADMIN_SECRET, GatewayProcess  # noqa: E402
 from tests.support.hdfs import HdfsCluster, stop_group  # noqa: E402
+from tests.support.pagecache import drop_from_page_cache  # noqa: E402
 from tests.support.ports import LOOPBACK, free_port, log_tail, wait_for_port  # noqa: E402
 
 # ---- the data set --------------------------------------------------------------------------
@@ -213,12 +214,7 @@ def evict_datanode_blocks(hdfs: HdfsCluster) -> dict[str, Any]:
     comes from disk: fsync, then posix_fadvise(DONTNEED). Returns what fincore then reports."""
     files = datanode_block_files(hdfs)
     for p in files:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+        drop_from_page_cache(p)
     return {
         "files": len(files),
         "bytes": sum(p.stat().st_size for p in files),

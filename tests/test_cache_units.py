@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.pagecache import drop_from_page_cache
 from unionstore.cache.blocks import BlockCache, FileVersion
 from unionstore.cache.coordinator import EmbeddedCoordinator
 from unionstore.cache.metadata import MetadataCachingUfs, TtlCache
@@ -372,12 +373,7 @@ def test_block_reads_on_the_event_loop_never_wait_for_the_disk(tmp_path: Path) -
     data = os.urandom(200_000)
     store.put("k", data, "f")
     (path,) = (tmp_path / "blocks").rglob("*.val")
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+    drop_from_page_cache(path)
     with pytest.raises(BlockingIOError):
         store.read("k", nowait=True)
     assert store.read("k") == data  # from the disk, into the page cache
