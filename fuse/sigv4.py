@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
+from unionstore.s3.sigwire import signing_key
+
 ALGORITHM = "AWS4-HMAC-SHA256"
 # botocore's list: headers a hop may add, drop or rewrite are never signed
 SIGNED_HEADERS_BLACKLIST = frozenset(
@@ -64,10 +66,6 @@ def canonical_query(query: str) -> str:
     return "&".join(f"{k}={v}" for k, v in pairs)
 
 
-def _hmac(key: bytes, text: str) -> bytes:
-    return hmac.new(key, text.encode(), hashlib.sha256).digest()
-
-
 class Signer:
     def __init__(
         self,
@@ -83,20 +81,13 @@ class Signer:
         self.session_token = session_token
         self.region, self.service = region, service
         self.clock = clock
-        self._secret = ("AWS4" + secret_key).encode()
-        self._day = ""
-        self._key = b""
+        self._secret = secret_key
         self._second = -1
         self._amz_date = ""
 
     def signing_key(self, day: str) -> bytes:
-        """The key for ``day`` (``YYYYMMDD``), derived once per day."""
-        if day != self._day:
-            key = _hmac(self._secret, day)
-            for part in (self.region, self.service, "aws4_request"):
-                key = _hmac(key, part)
-            self._day, self._key = day, key
-        return self._key
+        """The key for ``day`` (``YYYYMMDD``), derived once per day (the gateway's cache)."""
+        return signing_key(self._secret, day, self.region, self.service)
 
     def _now(self) -> str:
         second = int(self.clock())

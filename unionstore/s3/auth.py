@@ -32,7 +32,6 @@ import hmac
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 from unionstore.errors import (
@@ -55,6 +54,7 @@ from unionstore.s3.sigwire import (
     query_pairs,
     query_params,
     secret_of,
+    signing_key,
     single,
     utf8,
     wire_bytes,
@@ -147,14 +147,14 @@ def authenticate(
 
 
 def chunk_signature(
-    signing_key: bytes, amz_date: str, scope: str, previous_signature: str, chunk_sha256_hex: str
+    key: bytes, amz_date: str, scope: str, previous_signature: str, chunk_sha256_hex: str
 ) -> str:
     """Signature of one ``aws-chunked`` chunk (STREAMING-AWS4-HMAC-SHA256-PAYLOAD)."""
     string_to_sign = (
         f"AWS4-HMAC-SHA256-PAYLOAD\n{amz_date}\n{scope}\n{previous_signature}\n"
         f"{_EMPTY_SHA256}\n{chunk_sha256_hex}"
     )
-    return hmac.new(signing_key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+    return hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
 
 
 # --- SigV4 -----------------------------------------------------------------------------------
@@ -264,7 +264,7 @@ def _verify_v4(
     headers = "".join(f"{n.lower()}:{_trimall(req.headers.get(n.lower(), ''))}\n" for n in names)
     encoded = sorted((quote_from_bytes(n, safe=""), quote_from_bytes(v, safe="")) for n, v in query)
     canonical_query = "&".join(f"{n}={v}" for n, v in encoded)
-    key = _signing_key(secret, claim.date, claim.region)
+    key = signing_key(secret, claim.date, claim.region)
     wanted = utf8(claim.signature)
     for uri in _candidate_uris(req.raw_path):
         canonical = (
@@ -285,14 +285,6 @@ def _verify_v4(
                 amz_date=claim.amz_date,
             )
     raise SignatureDoesNotMatch()
-
-
-@lru_cache(maxsize=512)
-def _signing_key(secret: str, date: str, region: str) -> bytes:
-    key = utf8("AWS4" + secret)
-    for part in (date, region, "s3", "aws4_request"):
-        key = hmac.new(key, utf8(part), hashlib.sha256).digest()
-    return key
 
 
 def _parse_credential(text: str, bad: type[AuthError]) -> tuple[str, str, str]:

@@ -1,12 +1,16 @@
 """What both signature versions share: the request as it came off the wire, the result, and
-the decoding of wire text (latin-1 strings of the wire bytes) into names, values and dates."""
+the decoding of wire text (latin-1 strings of the wire bytes) into names, values and dates;
+and SigV4's signing key, which the FUSE bridge's signer derives too."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from functools import lru_cache
 from urllib.parse import unquote_to_bytes
 
 from unionstore.errors import AuthorizationHeaderMalformed, InvalidAccessKeyId
@@ -54,6 +58,15 @@ def wire_bytes(text: str) -> bytes:
 
 def utf8(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
+
+
+@lru_cache(maxsize=512)
+def signing_key(secret: str, date: str, region: str, service: str = "s3") -> bytes:
+    """SigV4's key for one day (``YYYYMMDD``), region and service: four HMACs, cached."""
+    key = utf8("AWS4" + secret)
+    for part in (date, region, service, "aws4_request"):
+        key = hmac.new(key, utf8(part), hashlib.sha256).digest()
+    return key
 
 
 def query_pairs(raw_query: str) -> list[tuple[bytes, bytes]]:
