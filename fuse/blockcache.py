@@ -119,9 +119,9 @@ class BlockCache:
         self._writing: asyncio.Task[None] | None = None  # the writer task, while it runs
         self._tasks: set[asyncio.Task[None]] = set()
         self.counts: Counter[str] = Counter()
-        # One thread each for disk reads and writes: an LRU read updates the SQLite index,
-        # and parallel readers only queue on its lock (measured: 1 thread 0.6-0.8 GB/s from a
-        # cold disk, 8 threads 0.19 GB/s).
+        # One thread each for disk reads and writes (measured: 1 reader thread 0.6-0.8 GB/s
+        # from a cold disk, 8 threads 0.19 GB/s, when every hit still wrote its LRU time under
+        # SQLite's lock; hits take no lock now, more reader threads are not measured since).
         self._reader = ThreadPoolExecutor(1, "diskcache-read")
         self._writer = ThreadPoolExecutor(1, "diskcache-write")
 
@@ -166,7 +166,7 @@ class BlockCache:
         if self.disk.contains(key):
             return True
         self.counts["prefetch.files"] += 1
-        return self._readahead(obj, fetch, 0, on_disk=False)
+        return self._readahead(obj, fetch, 0, skip_disk=True)
 
     def statistics(self) -> dict[str, object]:
         c = self.counts
@@ -233,10 +233,10 @@ class BlockCache:
         return await asyncio.shield(running)
 
     def _readahead(
-        self, obj: ObjectVersion, fetch: Fetch, i: int, *, on_disk: bool | None = None
+        self, obj: ObjectVersion, fetch: Fetch, i: int, *, skip_disk: bool = False
     ) -> bool:
-        """Queue block ``i`` (``on_disk=False``: the caller just found it on no disk); False
-        if the queue is full."""
+        """Queue block ``i`` (``skip_disk``: the caller just found it on no disk); False if
+        the queue is full."""
         key = block_key(obj.file_id, obj.version, self.large, i)
         if key in self._ra_keys or key in self._inflight or self._memory_get(key) is not None:
             return True
@@ -251,7 +251,7 @@ class BlockCache:
                 async with self._ra_sem:
                     if key in self._inflight or self._memory_get(key) is not None:
                         return
-                    data = None if on_disk is False else await self._from_disk(key)
+                    data = None if skip_disk else await self._from_disk(key)
                     if data is not None:  # cached on disk: bring it to RAM ahead of the reader
                         self.counts["readahead.from_disk"] += 1
                         self._memory_put(key, data)
@@ -326,7 +326,7 @@ class BlockCache:
             return data[offset - base : end - base]
         if not self.disk.contains(key):
             return None
-        part = await self._read(self.disk.get_range, key, offset - base, end - base)
+        part = await self._read(self.disk.read, key, offset - base, end - base)
         if part is not None:
             self.counts["hits.disk"] += 1
         return part

@@ -41,10 +41,6 @@ class DiskBlocks(BlockStore):
         """Several small blocks (None for each one not cached)."""
         return [self.read(k) for k in keys]
 
-    def get_range(self, key: str, lo: int, hi: int) -> bytes | None:
-        """Bytes ``[lo, hi)`` of one block, reading only those from disk."""
-        return self.read(key, lo, hi)
-
     def put_many(self, items: Iterable[tuple[str, bytes]], tag: str) -> None:
         """Store blocks of one object (see :meth:`put_tagged`)."""
         self.put_tagged((key, data, tag) for key, data in items)

@@ -51,7 +51,6 @@ from unionstore.ufs.base import (
     check_relpath,
 )
 
-#: writers' temp objects start with this; list_dir hides them and keys may not use it
 #: ``user`` is accepted (every driver takes it); an object store acts as its credentials
 _OPTIONS = {"endpoint", "access_key", "secret_key", "region", "user"}
 
