@@ -365,21 +365,33 @@ def test_block_hits_keep_lru_order_and_take_no_write_lock(tmp_path: Path) -> Non
     store.close()
 
 
-def test_block_reads_on_the_event_loop_never_wait_for_the_disk(tmp_path: Path) -> None:
-    """``nowait`` reads serve the page cache only: a block whose pages were dropped raises
-    BlockingIOError (the caller reads from a thread), a block file gone since the lookup
-    (evicted by another process) is a miss, never an error."""
-    store = BlockStore(tmp_path / "blocks", 1 << 30)
-    data = os.urandom(200_000)
+async def test_small_blocks_are_read_on_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A block of INLINE_READ or less comes from the disk without a thread hop, also when
+    its pages were dropped (the hop costs more CPU than the read); a block file gone since
+    the lookup (evicted by another process) is a miss, never an error."""
+    path, data = make_file(tmp_path, 3 * BS)
+    src, fv = Source(path), version(path, data)
+    assert await read_all(block_cache(tmp_path), fv, src, 0, len(data), True) == data
+    for block in (tmp_path / "blocks").rglob("*.val"):
+        drop_from_page_cache(block)
+
+    def no_thread(*args: object) -> None:
+        raise AssertionError("a small block went through a thread")
+
+    monkeypatch.setattr("unionstore.cache.blocks.asyncio.to_thread", no_thread)
+    src.calls.clear()
+    restarted = block_cache(tmp_path)  # empty memory tier: every block from the disk
+    assert await read_all(restarted, fv, src, 0, len(data), True) == data
+    assert src.calls == [] and restarted.stats_for("test/").hits == 3
+
+    store = BlockStore(tmp_path / "other", 1 << 30)
     store.put("k", data, "f")
-    (path,) = (tmp_path / "blocks").rglob("*.val")
-    drop_from_page_cache(path)
-    with pytest.raises(BlockingIOError):
-        store.read("k", nowait=True)
-    assert store.read("k") == data  # from the disk, into the page cache
-    assert store.read("k", 5, 105, nowait=True) == data[5:105]
-    path.unlink()
-    assert store.read("k") is None and store.read("k", nowait=True) is None
+    assert store.read("k", 5, 105) == data[5:105]
+    (block,) = (tmp_path / "other").rglob("*.val")
+    block.unlink()
+    assert store.read("k") is None
     store.close()
 
 

@@ -101,32 +101,14 @@ def open_cache(directory: Path, size_limit: int, **settings: Any) -> diskcache.C
     )
 
 
-_local = threading.local()
-
-
-def _scratch(n: int) -> memoryview:
-    buf: bytearray | None = getattr(_local, "scratch", None)
-    if buf is None or len(buf) < n:
-        buf = _local.scratch = bytearray(n)
-    return memoryview(buf)[:n]
-
-
-def _read_file(path: str, lo: int, hi: int | None, nowait: bool) -> bytes | None:
-    """Bytes ``[lo, hi)`` of a block file, None if it is gone (evicted since the lookup);
-    with ``nowait``, BlockingIOError if any of them would have to come from the disk."""
+def _read_file(path: str, lo: int, hi: int | None) -> bytes | None:
+    """Bytes ``[lo, hi)`` of a block file, None if it is gone (evicted since the lookup)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     try:
-        n = max(0, (os.fstat(fd).st_size if hi is None else hi) - lo)
-        if nowait:
-            # a first read that takes only what the page cache holds (EAGAIN raises
-            # BlockingIOError), into scratch memory: a fresh buffer would cost more
-            scratch = _scratch(n)
-            if os.preadv(fd, [scratch], lo, os.RWF_NOWAIT) != n:
-                raise BlockingIOError("part of the block is not in the page cache")
-        return os.pread(fd, n, lo)
+        return os.pread(fd, max(0, (os.fstat(fd).st_size if hi is None else hi) - lo), lo)
     finally:
         os.close(fd)
 
@@ -167,19 +149,14 @@ class BlockStore:
     def get(self, key: str) -> bytes | None:
         return self.read(key)
 
-    def read(
-        self, key: str, lo: int = 0, hi: int | None = None, *, nowait: bool = False
-    ) -> bytes | None:
-        """Bytes ``[lo, hi)`` of the block at ``key`` (all of it by default), or None.
-
-        With ``nowait`` (to read on an event loop), BlockingIOError when the bytes are not all
-        in the page cache: the caller then reads again from a thread."""
+    def read(self, key: str, lo: int = 0, hi: int | None = None) -> bytes | None:
+        """Bytes ``[lo, hi)`` of the block at ``key`` (all of it by default), or None."""
         row = self._cache._sql(_LOOKUP, (key, time.time())).fetchone()
         if row is None:
             return None
         mode, filename, value = row
         if mode == diskcache.core.MODE_BINARY:
-            data = _read_file(os.path.join(self.directory, filename), lo, hi, nowait)
+            data = _read_file(os.path.join(self.directory, filename), lo, hi)
         elif mode == diskcache.core.MODE_RAW:
             data = bytes(value)[lo:hi]
         else:
