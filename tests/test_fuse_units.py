@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import os
 from pathlib import Path
 from unittest import mock
 
@@ -145,3 +146,32 @@ async def test_fetched_blocks_reach_the_disk_in_batches_after_the_reads(tmp_path
         assert reopened.get(block_key(objs[k].file_id, objs[k].version, 4 << 20, 0)) == body
     assert len(list((tmp_path / "blocks").rglob("*.val"))) == 1  # only the large one a file
     reopened.close()
+
+
+async def test_the_fuse_device_wait_asks_the_kernel_first() -> None:
+    """A readable device is answered by one poll, without pyfuse3's add_reader/remove_reader
+    round; otherwise (nothing queued, or a closed fd) pyfuse3's own wait runs."""
+    from unionstore.fuse.mount import poll_first
+
+    waited: list[int] = []
+
+    async def pyfuse3_wait(fd: int) -> None:
+        waited.append(fd)
+
+    wait = poll_first(pyfuse3_wait)
+    r, w = os.pipe()
+    try:
+        await wait(r)
+        assert waited == [r]  # nothing to read: the slow path
+        os.write(w, b"request")
+        await wait(r)
+        await wait(r)
+        assert waited == [r]  # readable: no slow path
+        os.read(r, 100)
+        await wait(r)
+        assert waited == [r, r]
+    finally:
+        os.close(w)
+    os.close(r)  # a closed fd (POLLNVAL) is not "readable"
+    await wait(r)
+    assert waited == [r, r, r]
