@@ -283,7 +283,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         s3 = gw.client()
         for key in [*files, "big.bin"]:
             s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
-        for name in CLIENTS:
+        for name in args.clients:
             print(f"-- {name}", flush=True)
             r = results[name]
             for procs in (1, 4, 8):
@@ -340,6 +340,12 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="256 MiB and 300 files")
+    parser.add_argument(
+        "--clients",
+        type=lambda v: [c for c in CLIENTS if c in v.split(",")],
+        default=list(CLIENTS),
+        help="comma-separated subset of " + ",".join(CLIENTS),
+    )
     parser.add_argument(
         "--drop-caches",
         dest="drop_caches",
