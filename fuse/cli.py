@@ -35,6 +35,7 @@ OPTION_FLAGS: dict[str, str] = {
     "umask": "umask applied to 0666 files and 0777 directories, octal (default 022)",
     "part_size": "multipart upload part size for writes (default 8MiB)",
     "upload_concurrency": "parts in flight per file being written (default 4)",
+    "nice": "scheduling priority of the daemon, -20..19 (default -10; 0 = leave)",
 }
 
 

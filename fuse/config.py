@@ -32,6 +32,7 @@ INT_FIELDS = frozenset(
         "umask",
         "kernel_readahead_kb",
         "upload_concurrency",
+        "nice",
     }
 )
 BOOL_FIELDS = frozenset({"allow_other", "read_only"})
@@ -72,6 +73,7 @@ class MountOptions:
     read_only: bool = False
     part_size: int = 8 << 20
     upload_concurrency: int = 4  # parts in flight per file being written
+    nice: int = -10  # the daemon's scheduling priority (best effort; 0 leaves it alone)
 
     @property
     def file_mode(self) -> int:
@@ -105,6 +107,10 @@ def _convert(name: str, value: Any) -> Any:
         return parse_duration(value)
     if name == "umask":
         return int(value, 8) if isinstance(value, str) else int(value)
+    if name == "nice":
+        if not -20 <= int(value) <= 19:
+            raise ConfigError(f"nice must be between -20 and 19, not {value!r}")
+        return int(value)
     if name in INT_FIELDS:
         return int(value)
     if name in BOOL_FIELDS:

@@ -134,6 +134,22 @@ def fuse_options(opts: MountOptions) -> set[str]:
     return options
 
 
+def set_priority(nice: int) -> None:
+    """Run the daemon at ``nice`` (before it starts threads: they inherit it), best effort.
+
+    Every reader of the mount waits on this one process, and on a busy node it competes
+    for the CPU with those readers: with 8 readers on 2 cores, cold 100 KB files went from
+    552-619 to 696-709 files/s at nice -10 (less preemption of the event loop, less CPU per
+    file). Raising the priority needs root (CAP_SYS_NICE); without it a warning is logged.
+    """
+    if nice == 0:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError as exc:
+        log.warning("cannot run at nice %d (%s); the scheduler's default stays", nice, exc)
+
+
 def poll_first(
     wait: Callable[[int], Coroutine[Any, Any, None]],
 ) -> Callable[[int], Coroutine[Any, Any, None]]:
@@ -175,6 +191,7 @@ def run(opts: MountOptions) -> int:
     # the default 5 ms switch interval a reply waited for the GIL for up to 5 ms after each
     # syscall (measured: 4 cold readers got fewer files/s than one).
     sys.setswitchinterval(SWITCH_INTERVAL)
+    set_priority(opts.nice)
     mountpoint = opts.mountpoint
     clean_stale_mount(mountpoint)
     mountpoint.mkdir(parents=True, exist_ok=True)

@@ -266,6 +266,25 @@ def test_kernel_readahead_of_the_mount_follows_the_options(gw: GatewayProcess) -
         assert bdi(m).read_text().strip() == "128"
 
 
+def test_the_daemon_runs_at_the_nice_value_asked_for(gw: GatewayProcess) -> None:
+    """Every thread of the daemon (the event loop, the disk threads started after it) runs
+    at ``nice``; ``0`` leaves the priority it was started with."""
+
+    def nice_values(m: FuseMount) -> set[int]:
+        assert m.proc is not None
+        m.stats()  # served: past the start, the disk threads exist
+        tasks = Path(f"/proc/{m.proc.pid}/task")
+        return {
+            int((t / "stat").read_text().rsplit(")", 1)[1].split()[16]) for t in tasks.iterdir()
+        }
+
+    with _mount(gw, nice=-5) as m:
+        (m.path / "shared.bin").read_bytes()  # starts the disk-cache threads
+        assert nice_values(m) == {-5}
+    with _mount(gw, nice="0") as m:
+        assert nice_values(m) == {os.getpriority(os.PRIO_PROCESS, 0)}
+
+
 def test_file_larger_than_the_cache(gw: GatewayProcess) -> None:
     with _mount(gw, cache_size="8MiB", memory_cache_size="4MiB", block_size="1MiB") as m:
         body = FILES["big.bin"]

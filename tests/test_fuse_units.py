@@ -175,3 +175,16 @@ async def test_the_fuse_device_wait_asks_the_kernel_first() -> None:
     os.close(r)  # a closed fd (POLLNVAL) is not "readable"
     await wait(r)
     assert waited == [r, r, r]
+
+
+def test_the_nice_option_is_checked(tmp_path: Path) -> None:
+    from unionstore.config import ConfigError
+    from unionstore.fuse import config
+
+    def load(**flags: object) -> config.MountOptions:
+        return config.load("http://127.0.0.1:1", "bkt", tmp_path / "m", flags=flags)
+
+    assert load().nice == -10
+    assert load(nice="5").nice == 5
+    with pytest.raises(ConfigError, match="nice must be between -20 and 19"):
+        load(nice="-21")
