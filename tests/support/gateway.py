@@ -106,14 +106,17 @@ class GatewayProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited at start:\n{self.log_tail()}")
+                tail = self.log_tail()
+                self.close()
+                raise RuntimeError(f"gateway exited at start:\n{tail}")
             try:
                 with urllib.request.urlopen(self.endpoint + "/_unionstore/health", timeout=1):
                     return self
             except OSError:
                 time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"gateway not ready in {timeout}s:\n{self.log_tail()}")
+        tail = self.log_tail()
+        self.close()
+        raise RuntimeError(f"gateway not ready in {timeout}s:\n{tail}")
 
     def log_tail(self, lines: int = 40) -> str:
         try:

@@ -376,9 +376,12 @@ class HdfsCluster:
     def _java_cmd(
         self, main_class: str, log_file: str, *args: str, audit: bool = False
     ) -> list[str]:
+        tmp = self.home / "tmp"  # Jetty's work folders: removed with the cluster's folder
+        tmp.mkdir(exist_ok=True)
         cmd = [
             "java",
             *JVM_OPTS,
+            f"-Djava.io.tmpdir={tmp}",
             f"-Dhadoop.log.dir={self.logs_dir}",
             f"-Dhadoop.log.file={log_file}",
             f"-Dhadoop.home.dir={self.home}",
