@@ -294,9 +294,8 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             for procs in (1, 4, 8):
                 m = mount(name, gw, work, local)
                 try:
-                    drop_page_cache()
-                    paths = sorted((m.path / "small").iterdir())
-                    passes[name][procs].append(files_per_second(paths, procs))
+                    paths, rate = cold_pass(m, procs)
+                    passes[name][procs].append(rate)
                     r[f"files/s P={procs} cold"] = statistics.median(passes[name][procs])
                     m.settle()
                     r[f"files/s P={procs} cached"] = files_per_second(paths, procs)
@@ -326,6 +325,14 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return results
 
 
+def cold_pass(m: Mount, procs: int) -> tuple[list[Path], float]:
+    """The small files of a fresh mount, and files/s of a first pass over them with the page
+    cache dropped."""
+    drop_page_cache()
+    paths = sorted((m.path / "small").iterdir())
+    return paths, files_per_second(paths, procs)
+
+
 def cold_rounds(
     clients: list[str], rounds: int, gw: GatewayProcess, work: Path, local: Path
 ) -> dict[str, dict[int, list[float]]]:
@@ -338,9 +345,7 @@ def cold_rounds(
             for name in clients if rnd % 2 == 0 else clients[::-1]:
                 m = mount(name, gw, work, local)
                 try:
-                    drop_page_cache()
-                    paths = sorted((m.path / "small").iterdir())
-                    passes[name][procs].append(files_per_second(paths, procs))
+                    passes[name][procs].append(cold_pass(m, procs)[1])
                 finally:
                     m.stop()
             print(f"cold round {rnd + 1}, P={procs}:", {c: passes[c][procs] for c in clients})

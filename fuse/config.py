@@ -107,12 +107,11 @@ def _convert(name: str, value: Any) -> Any:
         return parse_duration(value)
     if name == "umask":
         return int(value, 8) if isinstance(value, str) else int(value)
-    if name == "nice":
-        if not -20 <= int(value) <= 19:
-            raise ConfigError(f"nice must be between -20 and 19, not {value!r}")
-        return int(value)
     if name in INT_FIELDS:
-        return int(value)
+        number = int(value)
+        if name == "nice" and not -20 <= number <= 19:
+            raise ConfigError(f"nice must be between -20 and 19, not {value!r}")
+        return number
     if name in BOOL_FIELDS:
         if isinstance(value, str):
             return value.lower() in ("1", "true", "yes", "on")
