@@ -251,7 +251,13 @@ class BlockCache:
                 async with self._ra_sem:
                     if key in self._inflight or self._memory_get(key) is not None:
                         return
-                    data = None if skip_disk else await self._from_disk(key)
+                    if skip_disk:  # no file data from disk wanted, but a reader may have
+                        # fetched and stored the block while this waited for its turn
+                        if self.disk.contains(key):
+                            return
+                        data = None
+                    else:
+                        data = await self._from_disk(key)
                     if data is not None:  # cached on disk: bring it to RAM ahead of the reader
                         self.counts["readahead.from_disk"] += 1
                         self._memory_put(key, data)

@@ -188,3 +188,40 @@ def test_the_nice_option_is_checked(tmp_path: Path) -> None:
     assert load(nice="5").nice == 5
     with pytest.raises(ConfigError, match="nice must be between -20 and 19"):
         load(nice="-21")
+
+
+async def test_a_file_fetched_while_its_prefetch_waited_is_not_fetched_again(
+    tmp_path: Path,
+) -> None:
+    """A directory scan queues a file as not cached; a reader fetches and stores it before
+    the queued prefetch gets its turn (and RAM has let it go): the prefetch finds it on disk
+    and sends no second GET."""
+    body = b"x" * 100_000
+    cache = BlockCache(
+        DiskBlocks(tmp_path / "blocks", 1 << 30), fetch_concurrency=1, memory_bytes=1
+    )
+    gate = asyncio.Event()
+    gets: list[str] = []
+
+    def fetcher(name: str, wait: bool = False) -> Fetch:
+        async def fetch(offset: int, length: int) -> bytes:
+            gets.append(name)
+            if wait:
+                await gate.wait()
+            return body[offset : offset + length]
+
+        return fetch
+
+    obj = {n: ObjectVersion(f"ep/b/{n}", "e:1", len(body)) for n in ("slow", "b", "c")}
+    assert cache.prefetch(obj["slow"], fetcher("slow", wait=True))  # holds the only slot
+    assert cache.prefetch(obj["b"], fetcher("b"))  # queued behind it
+    await asyncio.sleep(0)
+    assert await cache.read(obj["b"], fetcher("b"), 0, 1 << 20, AccessPattern()) == body
+    assert cache._writing is not None
+    await cache._writing  # b is stored on disk
+    await cache.read(obj["c"], fetcher("c"), 0, 1 << 20, AccessPattern())  # b leaves RAM
+    gate.set()
+    await asyncio.gather(*cache._tasks)  # the queued prefetches ran (close cancels them)
+    await cache.close()
+    assert sorted(gets) == ["b", "c", "slow"]
+    cache.disk.close()
