@@ -314,19 +314,27 @@ def test_worker_processes_share_fills(tmp_path: Path) -> None:
     assert sorted(map(int, offsets)) == [i * BS for i in range(32)]  # each block once
 
 
-def test_block_store_keeps_bytes_exactly_as_files_or_inline(tmp_path: Path) -> None:
-    """Big blocks go to files of their own (written in one call), small ones inline;
-    both come back byte for byte, newlines and all, also as a sub-range."""
+def test_block_store_keeps_bytes_exactly_as_files_segments_or_inline(tmp_path: Path) -> None:
+    """Big blocks go to files of their own (written in one call), mid-sized ones to a
+    segment, small ones inline; all come back byte for byte, newlines and all, also as a
+    sub-range, and through diskcache's own ``get``."""
     store = BlockStore(tmp_path / "blocks", 1 << 30)
     big = (b"line\n" * 300_000) + os.urandom(1 << 20)
+    mids = [b"m\n" * 50_000 + os.urandom(i) for i in (0, 1, 4095)]
     small = b"a\nb\n" * 100
     store.put("big", big, "f1")
     store.put("small", small, "f2")
+    store.put_tagged((f"mid{i}", mid, "f3") for i, mid in enumerate(mids))
     files = list((tmp_path / "blocks").rglob("*.val"))
     assert len(files) == 1 and files[0].stat().st_size == len(big)
+    assert len(list((tmp_path / "blocks").rglob("*.pk"))) == 1
     assert store.get("big") == big
     assert store.get("small") == small
     assert store.read("big", 10, 20) == big[10:20]
+    for i, mid in enumerate(mids):
+        assert store.get(f"mid{i}") == mid
+        assert store.read(f"mid{i}", 99_990, 200_000) == mid[99_990:]
+        assert store._cache.get(f"mid{i}") == mid
 
 
 def test_block_hits_keep_lru_order_and_take_no_write_lock(tmp_path: Path) -> None:
@@ -369,12 +377,14 @@ async def test_small_blocks_are_read_on_the_event_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A block of INLINE_READ or less comes from the disk without a thread hop, also when
-    its pages were dropped (the hop costs more CPU than the read); a block file gone since
-    the lookup (evicted by another process) is a miss, never an error."""
+    its pages were dropped (the hop costs more CPU than the read); a block file or segment
+    gone since the lookup (evicted by another process) is a miss, never an error."""
     path, data = make_file(tmp_path, 3 * BS)
     src, fv = Source(path), version(path, data)
-    assert await read_all(block_cache(tmp_path), fv, src, 0, len(data), True) == data
-    for block in (tmp_path / "blocks").rglob("*.val"):
+    first = block_cache(tmp_path)
+    assert await read_all(first, fv, src, 0, len(data), True) == data
+    await settle(first)
+    for block in (tmp_path / "blocks").rglob("*.pk"):
         drop_from_page_cache(block)
 
     def no_thread(*args: object) -> None:
@@ -387,11 +397,12 @@ async def test_small_blocks_are_read_on_the_event_loop(
     assert src.calls == [] and restarted.stats_for("test/").hits == 3
 
     store = BlockStore(tmp_path / "other", 1 << 30)
-    store.put("k", data, "f")
-    assert store.read("k", 5, 105) == data[5:105]
-    (block,) = (tmp_path / "other").rglob("*.val")
-    block.unlink()
-    assert store.read("k") is None
+    store.put("mid", data, "f")
+    store.put("big", data * 8, "f")
+    assert store.read("mid", 5, 105) == data[5:105]
+    for gone in [*(tmp_path / "other").rglob("*.pk"), *(tmp_path / "other").rglob("*.val")]:
+        gone.unlink()
+    assert store.read("mid") is None and store.read("big") is None
     store.close()
 
 

@@ -16,9 +16,9 @@ import pytest
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from unionstore.cache.store import block_key
+from unionstore.cache.store import PACK_LIMIT, block_key
 from unionstore.fuse.blockcache import AccessPattern, BlockCache, Fetch, ObjectVersion
-from unionstore.fuse.diskblocks import SMALL_VALUE, DiskBlocks
+from unionstore.fuse.diskblocks import DiskBlocks
 from unionstore.fuse.metadata import Stat
 from unionstore.fuse.scan import DirectoryScans
 from unionstore.fuse.sigv4 import Signer, host_header
@@ -119,8 +119,8 @@ def test_a_scan_offers_a_refused_file_again_and_starts_over_after_a_jump_back() 
 async def test_fetched_blocks_reach_the_disk_in_batches_after_the_reads(tmp_path: Path) -> None:
     """Twenty cold small files read at once: every read is answered from RAM before anything
     is on disk, the blocks are stored in one batch, and a new cache on the same folder (a
-    restarted daemon) has all of them, inline and as files alike."""
-    sizes = [100_000 + i for i in range(19)] + [SMALL_VALUE + 5]
+    restarted daemon) has all of them, inline, in a segment and as files alike."""
+    sizes = [8192] + [100_000 + i for i in range(18)] + [PACK_LIMIT + 5]
     bodies = {f"k{i}": bytes([i]) * n for i, n in enumerate(sizes)}
     objs = {k: ObjectVersion(f"ep/b/{k}", f"e:{len(v)}", len(v)) for k, v in bodies.items()}
     cache = BlockCache(DiskBlocks(tmp_path / "blocks", 1 << 30))
@@ -131,7 +131,7 @@ async def test_fetched_blocks_reach_the_disk_in_batches_after_the_reads(tmp_path
 
         return fetch
 
-    reads = [cache.read(objs[k], fetcher(k), 0, 1 << 20, AccessPattern()) for k in sorted(bodies)]
+    reads = [cache.read(objs[k], fetcher(k), 0, 2 << 20, AccessPattern()) for k in sorted(bodies)]
     got = await asyncio.gather(*reads)
     assert got == [bodies[k] for k in sorted(bodies)]
     assert cache.statistics()["unwritten_blocks"] == len(bodies)  # replies came first
@@ -145,6 +145,7 @@ async def test_fetched_blocks_reach_the_disk_in_batches_after_the_reads(tmp_path
     for k, body in bodies.items():
         assert reopened.get(block_key(objs[k].file_id, objs[k].version, 4 << 20, 0)) == body
     assert len(list((tmp_path / "blocks").rglob("*.val"))) == 1  # only the large one a file
+    assert len(list((tmp_path / "blocks").rglob("*.pk"))) == 1  # the 100 KB ones appended
     reopened.close()
 
 

@@ -1,0 +1,204 @@
+"""Segment files: where the block store keeps mid-sized blocks (a whole small file, the tail
+of a large one), appended one after another instead of one file each.
+
+Why: a cold 100 KB file is one block. As a file of its own it cost 0.2-1 ms of CPU on this
+ext4 (creating the file dominates); inline in SQLite ~0.4 ms (the bytes go through the WAL
+page by page, then again at the checkpoint, with an fdatasync). Appended to an open segment
+it costs ~0.05 ms, the write itself. Measured per 100 KB block, 16 to a transaction:
+0.39-0.42 ms inline against 0.08-0.12 ms appended.
+
+How a block lives here:
+
+- Each process appends to a segment of its own (``packs/<random>.pk``), at offsets aligned
+  to 4 KiB, under a lock; at ``SEGMENT_BYTES`` it starts a new one. The index row names the
+  block ``packs/<segment>.pk:<offset>:<length>`` (:func:`location`), so the segment is never
+  rewritten: the bytes at a location never change while a row points at them.
+- Removing a block punches a hole over its range (the disk space is freed at once); a full
+  segment with no data left is deleted. Removal must follow the commit that deleted the row
+  (:class:`unionstore.cache.store.BlockDisk` defers it when a transaction is open), and a
+  reader checks that the row still names the same location after reading, so a hole
+  punched meanwhile is a miss, never zeros served as data.
+- A crash between the append and the commit leaves bytes no row points at. At start,
+  :func:`sweep` deletes segments no row points at, and punches the unreferenced ranges of
+  full ones; both only for segments left alone for ``min_age`` seconds (a younger one may
+  be a live process's).
+- No fsync, as for the block files: the cache is rebuilt from the origin, not recovered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+
+log = logging.getLogger("unionstore.cache.segments")
+
+FOLDER = "packs"
+SUFFIX = ".pk"
+SEGMENT_BYTES = 64 << 20  # a segment takes no appends once this long
+ALIGN = 4096  # blocks start on filesystem blocks, so a punched hole frees whole blocks
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+
+
+def location(segment: str, offset: int, length: int) -> str:
+    return f"{segment}:{offset}:{length}"
+
+
+def parse(filename: str) -> tuple[str, int, int] | None:
+    """``(segment, offset, length)`` of a block kept in a segment; None for a block file."""
+    segment, sep, rest = filename.partition(":")
+    if not sep:
+        return None
+    offset, _, length = rest.partition(":")
+    return segment, int(offset), int(length)
+
+
+def _aligned(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def _has_data(fd: int) -> bool:
+    try:
+        os.lseek(fd, 0, os.SEEK_DATA)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            return False
+        raise
+    return True
+
+
+class Segments:
+    """The segment files under one block-store folder, as seen by one process."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self._lock = threading.Lock()
+        self._fd = -1
+        self._name = ""
+        self._pid = 0
+        self._size = 0  # bytes written to the current segment, unpadded
+        self._punch_warned = False
+
+    def append(self, data: bytes) -> str:
+        """Write ``data`` at the end of this process's segment; return its location."""
+        with self._lock:
+            if self._pid != os.getpid() or self._size >= SEGMENT_BYTES or self._unlinked():
+                self._start()
+            offset = _aligned(self._size)
+            view = memoryview(data)
+            done = 0
+            while done < len(view):  # a regular file takes it all at once, bar ENOSPC
+                done += os.pwrite(self._fd, view[done:], offset + done)
+            self._size = offset + len(data)
+            return location(self._name, offset, len(data))
+
+    def _unlinked(self) -> bool:
+        """The current segment was deleted under us (a sweep by a process that started
+        while this one was idle): appends there would be lost."""
+        return os.fstat(self._fd).st_nlink == 0
+
+    def _start(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # in a forked child: its copy only
+            self._fd = -1
+        folder = os.path.join(self.directory, FOLDER)
+        os.makedirs(folder, exist_ok=True)
+        name = f"{FOLDER}/{os.urandom(8).hex()}{SUFFIX}"
+        self._fd = os.open(
+            os.path.join(self.directory, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        )
+        self._name, self._pid, self._size = name, os.getpid(), 0
+
+    def read(self, segment: str, lo: int, hi: int) -> bytes | None:
+        """Bytes ``[lo, hi)`` of a segment, None if the segment is gone."""
+        try:
+            fd = os.open(os.path.join(self.directory, segment), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            return os.pread(fd, max(0, hi - lo), lo)
+        finally:
+            os.close(fd)
+
+    def punch(self, segment: str, ranges: Iterable[tuple[int, int]]) -> None:
+        """Free ``(offset, length)`` ranges of a segment; delete it once it is full and holds
+        no data. A segment already gone is fine (another process deleted it)."""
+        path = os.path.join(self.directory, segment)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            for offset, length in ranges:
+                mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
+                if _libc.fallocate(fd, mode, offset, _aligned(length)) != 0:
+                    self._punch_failed(ctypes.get_errno())
+                    return
+            if os.fstat(fd).st_size >= SEGMENT_BYTES and not _has_data(fd):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        finally:
+            os.close(fd)
+
+    def _punch_failed(self, err: int) -> None:
+        if not self._punch_warned:
+            self._punch_warned = True
+            log.warning(
+                "cannot punch holes in %s (%s): removed blocks keep their disk space until "
+                "their whole segment is unused",
+                self.directory,
+                os.strerror(err),
+            )
+
+
+def sweep(segments: Segments, filenames: Iterable[str], min_age: float) -> int:
+    """Delete segments no index row points at, and free the unreferenced ranges of full
+    ones, among those untouched for ``min_age`` seconds. Returns the segments deleted."""
+    used: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for name in filenames:
+        where = parse(name)
+        if where is not None:
+            used[where[0]].append(where[1:])
+    folder = os.path.join(segments.directory, FOLDER)
+    try:
+        names = [n for n in os.listdir(folder) if n.endswith(SUFFIX)]
+    except FileNotFoundError:
+        return 0
+    now, removed = time.time(), 0
+    for name in names:
+        segment = f"{FOLDER}/{name}"
+        path = os.path.join(segments.directory, segment)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            continue
+        if now - st.st_mtime <= min_age:
+            continue
+        if segment not in used:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+                removed += 1
+        elif st.st_size >= SEGMENT_BYTES:
+            segments.punch(segment, _gaps(used[segment], st.st_size))
+    return removed
+
+
+def _gaps(ranges: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+    """The parts of ``[0, size)`` (in whole aligned blocks) outside ``ranges``."""
+    gaps, at = [], 0
+    for offset, length in sorted(ranges):
+        if offset > at:
+            gaps.append((at, offset - at))
+        at = max(at, _aligned(offset + length))
+    if at < size:
+        gaps.append((at, size - at))
+    return gaps
