@@ -113,9 +113,8 @@ class Segments:
         folder = os.path.join(self.directory, FOLDER)
         os.makedirs(folder, exist_ok=True)
         name = f"{FOLDER}/{os.urandom(8).hex()}{SUFFIX}"
-        self._fd = os.open(
-            os.path.join(self.directory, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        )
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        self._fd = os.open(os.path.join(self.directory, name), flags, 0o666)
         self._name, self._pid, self._size = name, os.getpid(), 0
 
     def read(self, segment: str, lo: int, hi: int) -> bytes | None:

@@ -1,10 +1,11 @@
-"""Where cached blocks live: a diskcache ``Cache`` on local disk (index in SQLite, each block a
-file), bounded in bytes, least-recently-used evicted, shared by every worker process of a node
-and kept across restarts.
+"""Where cached blocks live: a diskcache ``Cache`` on local disk (index in SQLite; a block under
+32 KiB inline, up to ``PACK_LIMIT`` appended to a segment file, larger a file of its own),
+bounded in bytes, least-recently-used evicted, shared by every worker process of a node and
+kept across restarts.
 
-A block is published atomically: diskcache writes the block's file completely before it
-commits the index row that makes it visible, so a process killed mid-fill leaves at most an
-orphan file that is never served (``sweep_orphans`` removes them at start).
+A block is published atomically: its bytes are written completely before diskcache commits
+the index row that makes it visible, so a process killed mid-fill leaves at most an orphan
+file or segment range that is never served (``sweep_orphans`` removes them at start).
 
 Keys carry the file version, so a changed file can never be served old blocks; every block is
 tagged with its file's id, so all versions of one file can be evicted at once.
@@ -63,14 +64,14 @@ class BlockDisk(diskcache.Disk):  # type: ignore[misc]
 
     A segment's hole may only be punched once the row's deletion is committed: diskcache
     removes the files of a nested transaction when the inner one ends, so removals made
-    while this thread has a transaction open wait for :meth:`release_removed`."""
+    while this thread has a transaction open wait for :meth:`release_removed`, called by the
+    same thread after the outer one."""
 
     def __init__(self, directory: str, **settings: Any) -> None:
         super().__init__(directory, **settings)
         self.segments = Segments(directory)
         self.in_transaction: Callable[[], bool] = lambda: False  # set by open_cache
-        self._removed: list[tuple[str, int, int]] = []
-        self._removed_lock = threading.Lock()
+        self._removed = threading.local()  # .ranges: this thread's, held for the commit
 
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
         if type(value) is bytes and len(value) >= self.min_file_size:
@@ -99,15 +100,14 @@ class BlockDisk(diskcache.Disk):  # type: ignore[misc]
         if where is None:
             super().remove(file_path)
         elif self.in_transaction():
-            with self._removed_lock:
-                self._removed.append(where)
+            self._removed.__dict__.setdefault("ranges", []).append(where)
         else:
             self.segments.punch(where[0], [where[1:]])
 
     def release_removed(self) -> None:
-        """Free the segment ranges removed inside a transaction that has since ended."""
-        with self._removed_lock:
-            removed, self._removed = self._removed, []
+        """Free the segment ranges this thread removed inside a transaction that has since
+        ended."""
+        removed = self._removed.__dict__.pop("ranges", [])
         for segment, offset, length in removed:
             self.segments.punch(segment, [(offset, length)])
 
