@@ -149,6 +149,28 @@ async def test_fetched_blocks_reach_the_disk_in_batches_after_the_reads(tmp_path
     reopened.close()
 
 
+async def test_blocks_fetched_one_at_a_time_are_stored_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cold files read one after another (not in one burst) still reach the disk in one
+    transaction: the writer waits WRITE_DELAY for more before a small batch."""
+    monkeypatch.setattr("unionstore.fuse.blockcache.WRITE_DELAY", 2.0)
+    cache = BlockCache(DiskBlocks(tmp_path / "blocks", 1 << 30))
+    bodies = {f"k{i}": bytes([i]) * 50_000 for i in range(5)}
+    for key, body in bodies.items():
+        obj = ObjectVersion(f"ep/b/{key}", "e", len(body))
+
+        async def fetch(offset: int, length: int, body: bytes = body) -> bytes:
+            return body[offset : offset + length]
+
+        assert await cache.read(obj, fetch, 0, 1 << 20, AccessPattern()) == body
+        await asyncio.sleep(0.01)  # the writer runs meanwhile
+    assert cache.statistics()["unwritten_blocks"] == len(bodies)
+    await cache.close()  # waits for the writer
+    assert (cache.counts["disk.batches"], cache.counts["disk.blocks"]) == (1, len(bodies))
+    cache.disk.close()
+
+
 async def test_the_fuse_device_wait_asks_the_kernel_first() -> None:
     """A readable device is answered by one poll, without pyfuse3's add_reader/remove_reader
     round; otherwise (nothing queued, or a closed fd) pyfuse3's own wait runs."""
