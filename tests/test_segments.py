@@ -134,3 +134,74 @@ def test_appends_from_threads_never_overlap(tmp_path: Path) -> None:
         th.join()
     assert all(store.get(k) == v for k, v in bodies.items())
     store.close()
+
+
+def test_a_batch_that_fails_frees_nothing_its_rows_still_point_at(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch replaces a block, then fails (the disk is full): the rollback brings the old
+    row back, so the old range must keep its bytes."""
+    store = BlockStore(tmp_path, 1 << 30)
+    old = os.urandom(KB100)
+    store.put("a", old, "f")
+    real_append = store._disk.segments.append
+    calls = []
+
+    def full_disk(data: bytes) -> str:
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_append(data)
+
+    monkeypatch.setattr(store._disk.segments, "append", full_disk)
+    with pytest.raises(OSError):
+        store.put_tagged([("a", os.urandom(KB100), "f"), ("b", os.urandom(KB100), "f")])
+    monkeypatch.undo()
+    assert store.read("a") == old and not store.contains("b")
+    store.put_tagged([("c", os.urandom(KB100), "f")])  # nothing deferred is left to free
+    assert store.read("a") == old
+    store.close()
+
+
+class NoHoles:
+    """A file system without hole punching, as the segments see it."""
+
+    @staticmethod
+    def fallocate(*args: object) -> int:
+        return -1
+
+
+def test_without_hole_punching_blocks_are_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(segments, "_libc", NoHoles())
+    store = BlockStore(tmp_path, 1 << 30)
+    body = os.urandom(KB100)
+    store.put("k", body, "f")
+    assert segment_files(tmp_path) == [] and len(list(tmp_path.rglob("*.val"))) == 1
+    assert store.read("k") == body
+    store.close()
+
+
+def test_a_failed_punch_is_logged_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = BlockStore(tmp_path, 1 << 30)
+    store.put_tagged((f"k{i}", os.urandom(KB100), f"t{i}") for i in range(2))
+    monkeypatch.setattr(segments, "_libc", NoHoles())
+    assert store.evict_file("t0") == 1 and store.evict_file("t1") == 1
+    assert "cannot free space" in caplog.text
+    store.close()
+
+
+def test_a_segment_deleted_under_a_writer_is_not_written_to(tmp_path: Path) -> None:
+    """A sweep by another process may delete the segment an idle process still appends
+    to; its next block goes to a new segment, not into the deleted file."""
+    store = BlockStore(tmp_path, 1 << 30)
+    store.put("a", os.urandom(KB100), "f")
+    (first,) = segment_files(tmp_path)
+    first.unlink()
+    body = os.urandom(KB100)
+    store.put("b", body, "f")
+    assert store.read("b") == body and segment_files(tmp_path) != [first]
+    store.close()

@@ -18,10 +18,14 @@ How a block lives here:
   (:class:`unionstore.cache.store.BlockDisk` defers it when a transaction is open), and a
   reader checks that the row still names the same location after reading, so a hole
   punched meanwhile is a miss, never zeros served as data.
-- A crash between the append and the commit leaves bytes no row points at. At start,
-  :func:`sweep` deletes segments no row points at, and punches the unreferenced ranges of
-  full ones; both only for segments left alone for ``min_age`` seconds (a younger one may
-  be a live process's).
+- A crash between the append and the commit, or a batch that rolled back, leaves bytes no
+  row points at. At start, :func:`sweep` deletes segments no row points at (left alone for
+  ``min_age`` seconds: a younger one may be a live process's), and punches the
+  unreferenced ranges of full ones left alone for a day. What a process's last, partly
+  filled segment holds that way stays until its other blocks are evicted: at most one
+  segment's worth per process that ended.
+- Only where holes can be punched (:meth:`Segments.usable` asks the file system once);
+  elsewhere blocks are files of their own, as before.
 - No fsync, as for the block files: the cache is rebuilt from the origin, not recovered.
 """
 
@@ -43,6 +47,7 @@ FOLDER = "packs"
 SUFFIX = ".pk"
 SEGMENT_BYTES = 64 << 20  # a segment takes no appends once this long
 ALIGN = 4096  # blocks start on filesystem blocks, so a punched hole frees whole blocks
+GAP_AGE = 86400.0  # a full segment's unreferenced ranges are freed at start after this long
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -86,7 +91,31 @@ class Segments:
         self._name = ""
         self._pid = 0
         self._size = 0  # bytes written to the current segment, unpadded
-        self._punch_warned = False
+        self._usable: bool | None = None  # can this folder's file system punch holes?
+        self._warned = False
+
+    def usable(self) -> bool:
+        """Whether blocks may go to segments here: only where holes can be punched, or an
+        evicted block's space would stay taken until its whole segment is unused (NFS before
+        4.2, many FUSE file systems). Asked of the file system once."""
+        if self._usable is None:
+            folder = os.path.join(self.directory, FOLDER)
+            probe = os.path.join(folder, f"probe-{os.getpid()}-{os.urandom(4).hex()}")
+            try:
+                os.makedirs(folder, exist_ok=True)
+                fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+                try:
+                    os.pwrite(fd, bytes(ALIGN), 0)
+                    mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
+                    self._usable = _libc.fallocate(fd, mode, 0, ALIGN) == 0
+                finally:
+                    os.close(fd)
+                    os.unlink(probe)
+            except OSError:
+                self._usable = False
+            if not self._usable:
+                log.warning("%s cannot punch holes: blocks are stored as files", self.directory)
+        return self._usable
 
     def append(self, data: bytes) -> str:
         """Write ``data`` at the end of this process's segment; return its location."""
@@ -130,38 +159,42 @@ class Segments:
 
     def punch(self, segment: str, ranges: Iterable[tuple[int, int]]) -> None:
         """Free ``(offset, length)`` ranges of a segment; delete it once it is full and holds
-        no data. A segment already gone is fine (another process deleted it)."""
+        no data. Never raises (diskcache's removals do not; the rest of a batch's must still
+        run): a segment already gone is fine (another process deleted it), other failures
+        are logged once and cost the space."""
         path = os.path.join(self.directory, segment)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return
+        except OSError as exc:
+            self._failed(segment, exc)
+            return
         try:
             for offset, length in ranges:
                 mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
                 if _libc.fallocate(fd, mode, offset, _aligned(length)) != 0:
-                    self._punch_failed(ctypes.get_errno())
-                    return
+                    err = ctypes.get_errno()
+                    raise OSError(err, os.strerror(err))
             if os.fstat(fd).st_size >= SEGMENT_BYTES and not _has_data(fd):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
+        except OSError as exc:
+            self._failed(segment, exc)
         finally:
             os.close(fd)
 
-    def _punch_failed(self, err: int) -> None:
-        if not self._punch_warned:
-            self._punch_warned = True
-            log.warning(
-                "cannot punch holes in %s (%s): removed blocks keep their disk space until "
-                "their whole segment is unused",
-                self.directory,
-                os.strerror(err),
-            )
+    def _failed(self, segment: str, exc: OSError) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning("cannot free space in %s/%s: %s", self.directory, segment, exc)
 
 
 def sweep(segments: Segments, filenames: Iterable[str], min_age: float) -> int:
-    """Delete segments no index row points at, and free the unreferenced ranges of full
-    ones, among those untouched for ``min_age`` seconds. Returns the segments deleted."""
+    """Delete segments no index row points at, among those untouched for ``min_age``
+    seconds, and free the unreferenced ranges of full ones untouched for a day (an append
+    waits for the index's write lock before its row commits: a range must not be freed in
+    that window). Returns the segments deleted."""
     used: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for name in filenames:
         where = parse(name)
@@ -180,13 +213,18 @@ def sweep(segments: Segments, filenames: Iterable[str], min_age: float) -> int:
             st = os.stat(path)
         except FileNotFoundError:
             continue
-        if now - st.st_mtime <= min_age:
+        age = now - st.st_mtime
+        if age <= min_age:
             continue
         if segment not in used:
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(path)
                 removed += 1
-        elif st.st_size >= SEGMENT_BYTES:
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                segments._failed(segment, exc)
+        elif st.st_size >= SEGMENT_BYTES and age > max(min_age, GAP_AGE):
             segments.punch(segment, _gaps(used[segment], st.st_size))
     return removed
 

@@ -75,7 +75,7 @@ class BlockDisk(diskcache.Disk):  # type: ignore[misc]
 
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
         if type(value) is bytes and len(value) >= self.min_file_size:
-            if len(value) < PACK_LIMIT:
+            if len(value) < PACK_LIMIT and self.segments.usable():
                 filename = self.segments.append(value)
             else:
                 filename, full_path = self.filename(key, value)
@@ -84,9 +84,14 @@ class BlockDisk(diskcache.Disk):  # type: ignore[misc]
         return super().store(value, read, key)
 
     def fetch(self, mode: int, filename: str, value: Any, read: bool) -> Any:
+        """For diskcache's own ``get`` (leases; tests). Blocks are read by
+        :meth:`BlockStore.read`, which also re-checks the row after reading a segment; this
+        does not, and diskcache's ``read`` and ``check`` do not know segments at all."""
         where = segments.parse(filename) if mode == diskcache.core.MODE_BINARY else None
         if where is None:
             return super().fetch(mode, filename, value, read)
+        if read:
+            raise NotImplementedError("a block in a segment is read with BlockStore.read")
         segment, offset, length = where
         return self.segments.read(segment, offset, offset + length)
 
@@ -104,11 +109,11 @@ class BlockDisk(diskcache.Disk):  # type: ignore[misc]
         else:
             self.segments.punch(where[0], [where[1:]])
 
-    def release_removed(self) -> None:
+    def release_removed(self, committed: bool = True) -> None:
         """Free the segment ranges this thread removed inside a transaction that has since
-        ended."""
+        committed; forget them if it rolled back (the rows still point at them)."""
         removed = self._removed.__dict__.pop("ranges", [])
-        for segment, offset, length in removed:
+        for segment, offset, length in removed if committed else ():
             self.segments.punch(segment, [(offset, length)])
 
     def _write(
@@ -276,8 +281,10 @@ class BlockStore:
                 with self._cache.transact(retry=True):
                     for key, data, tag in small:
                         self.put(key, data, tag)
-            finally:
-                self._disk.release_removed()
+            except BaseException:
+                self._disk.release_removed(committed=False)
+                raise
+            self._disk.release_removed()
 
     def evict_file(self, file_id: str) -> int:
         """Drop every cached block of every version of one file."""
