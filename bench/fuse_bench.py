@@ -8,8 +8,9 @@ The gateway's own cache is warmed first, so "cold" means the mount's cache is em
 gateway's, and the order in which clients run does not favour any of them.
 
 - ``seq1g``: sequential read of a 1 GiB file (1 MiB reads): cold (first read through the
-  mount) and cached (second read; with ``--drop-caches``, the kernel's page cache is dropped
-  first, so the mount's own cache serves it, and the local disk reads from disk);
+  mount), cached from the page cache (the median of 3 more reads), and cached with
+  ``--drop-caches`` (the kernel's page cache dropped first, so the mount's own cache serves
+  it, and the local disk reads from disk);
 - ``files/s P=N``: 100 KB files per second with N reader processes, cold (fresh mount and
   cache, page cache dropped) and cached (second pass). A cold row is the median of 1 +
   ``--rounds`` passes: ``--rounds`` of them run first, the clients taking turns, because on
@@ -308,7 +309,10 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                         drop_page_cache()
                         r["seq1g MiB/s cold"] = read_seq(m.path / "big.bin")
                         m.settle()
-                        r["seq1g MiB/s cached (page cache)"] = read_seq(m.path / "big.bin")
+                        # median of 3: single passes from the page cache ran at 5.6-10.9
+                        # GB/s back to back (memory bandwidth shared with other tenants)
+                        warm = [read_seq(m.path / "big.bin") for _ in range(3)]
+                        r["seq1g MiB/s cached (page cache)"] = statistics.median(warm)
                         if args.drop_caches:
                             drop_page_cache()
                             r["seq1g MiB/s cached (dropped)"] = read_seq(m.path / "big.bin")
