@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from unionstore.cache import segments
+from unionstore.cache import store as store_module
 from unionstore.cache.store import BlockStore
 
 KB100 = 100_000
@@ -56,15 +57,15 @@ def test_a_block_removed_while_it_is_read_is_a_miss_not_zeros(
     store = BlockStore(tmp_path, 1 << 30)
     store.put("k", os.urandom(KB100), "f")
     other = BlockStore(tmp_path, 1 << 30)
-    real_read = store._disk.segments.read
+    real_read = store_module._read_file
 
-    def evicted_meanwhile(segment: str, lo: int, hi: int) -> bytes | None:
+    def evicted_meanwhile(path: str, lo: int, hi: int | None) -> bytes | None:
         assert other.evict_file("f") == 1
-        got = real_read(segment, lo, hi)
-        assert got == bytes(hi - lo)  # what the reader would have served: a hole's zeros
+        got = real_read(path, lo, hi)
+        assert hi is not None and got == bytes(hi - lo)  # what the reader would have served
         return got
 
-    monkeypatch.setattr(store._disk.segments, "read", evicted_meanwhile)
+    monkeypatch.setattr(store_module, "_read_file", evicted_meanwhile)
     assert store.read("k") is None
     other.close()
     store.close()

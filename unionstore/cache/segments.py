@@ -71,6 +71,13 @@ def _aligned(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
+def _punch_hole(fd: int, offset: int, length: int) -> None:
+    """Free ``[offset, offset + length)`` (rounded up to whole blocks), keeping the size."""
+    if _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, _aligned(length)):
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 def _has_data(fd: int) -> bool:
     try:
         os.lseek(fd, 0, os.SEEK_DATA)
@@ -106,8 +113,8 @@ class Segments:
                 fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
                 try:
                     os.pwrite(fd, bytes(ALIGN), 0)
-                    mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
-                    self._usable = _libc.fallocate(fd, mode, 0, ALIGN) == 0
+                    _punch_hole(fd, 0, ALIGN)
+                    self._usable = True
                 finally:
                     os.close(fd)
                     os.unlink(probe)
@@ -146,17 +153,6 @@ class Segments:
         self._fd = os.open(os.path.join(self.directory, name), flags, 0o666)
         self._name, self._pid, self._size = name, os.getpid(), 0
 
-    def read(self, segment: str, lo: int, hi: int) -> bytes | None:
-        """Bytes ``[lo, hi)`` of a segment, None if the segment is gone."""
-        try:
-            fd = os.open(os.path.join(self.directory, segment), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
-        try:
-            return os.pread(fd, max(0, hi - lo), lo)
-        finally:
-            os.close(fd)
-
     def punch(self, segment: str, ranges: Iterable[tuple[int, int]]) -> None:
         """Free ``(offset, length)`` ranges of a segment; delete it once it is full and holds
         no data. Never raises (diskcache's removals do not; the rest of a batch's must still
@@ -172,10 +168,7 @@ class Segments:
             return
         try:
             for offset, length in ranges:
-                mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
-                if _libc.fallocate(fd, mode, offset, _aligned(length)) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, os.strerror(err))
+                _punch_hole(fd, offset, length)
             if os.fstat(fd).st_size >= SEGMENT_BYTES and not _has_data(fd):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)

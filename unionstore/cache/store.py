@@ -93,7 +93,7 @@ class BlockDisk(diskcache.Disk):  # type: ignore[misc]
         if read:
             raise NotImplementedError("a block in a segment is read with BlockStore.read")
         segment, offset, length = where
-        return self.segments.read(segment, offset, offset + length)
+        return _read_file(os.path.join(self._directory, segment), offset, offset + length)
 
     def filename(self, key: Any = None, value: Any = None) -> tuple[str, str]:
         name = os.urandom(16).hex()
@@ -155,7 +155,8 @@ def open_cache(directory: Path, size_limit: int, **settings: Any) -> diskcache.C
 
 
 def _read_file(path: str, lo: int, hi: int | None) -> bytes | None:
-    """Bytes ``[lo, hi)`` of a block file, None if it is gone (evicted since the lookup)."""
+    """Bytes ``[lo, hi)`` of a block file or segment, None if it is gone (evicted since the
+    lookup)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -228,7 +229,7 @@ class BlockStore:
             return _read_file(os.path.join(self.directory, filename), lo, hi)
         segment, offset, length = where
         hi = length if hi is None else min(hi, length)
-        data = self._disk.segments.read(segment, offset + lo, offset + hi)
+        data = _read_file(os.path.join(self.directory, segment), offset + lo, offset + hi)
         # the row may have been deleted and its range punched since the lookup: then the
         # bytes read may be a hole's zeros
         again = self._cache._sql("SELECT filename FROM Cache WHERE key = ? AND raw = 1", (key,))
