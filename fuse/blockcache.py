@@ -22,7 +22,9 @@ Design (after juicefs ``prefetch.go`` and mountpoint-s3's prefetcher):
   lets them gather for ``WRITE_DELAY``, then stores everything fetched meanwhile, in one
   thread hop and one SQLite transaction per batch of up to ``WRITE_BATCH`` blocks (a stream
   of cold small files costs a transaction every 25 ms, not one each). Until written, a
-  block is served from RAM (``_unwritten``).
+  block is served from RAM (``_unwritten``). The writer's thread runs at a lower priority
+  than the event loop (``WRITER_NICE_STEPS``), and when more than ``memory_bytes`` wait for
+  it, new GETs wait for the writer instead of piling up more.
 - Read amplification = bytes fetched / bytes returned to the kernel, per pattern, reported by
   :meth:`BlockCache.statistics` (read-ahead counts as sequential).
 """
@@ -33,6 +35,8 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
+import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
@@ -56,6 +60,13 @@ WRITE_BATCH = 64  # blocks stored in one disk transaction
 # hundred cold small files a second it had written one block per transaction, 0.25 ms of CPU
 # each (the transaction's own pages dominate)
 WRITE_DELAY = 0.025
+# the writer's thread runs this many nice steps below the thread that starts it (the event
+# loop's; at most 19). At the same priority, each time the loop released the GIL (every
+# syscall) the waiting writer woke and the scheduler preempted the loop for it: 2-3
+# involuntary switches of the loop per cold file. Measured at 15 steps (-10 vs 5), 6
+# alternating rounds of 2,000 cold 100 KB files: 4 readers 978 vs 852 files/s, 8 readers
+# 940 vs 789 (medians), daemon CPU per file 0.74-0.96 vs 0.90-1.14 ms.
+WRITER_NICE_STEPS = 15
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +131,10 @@ class BlockCache:
         self._mem: OrderedDict[str, bytes] = OrderedDict()
         self._mem_used = 0
         self._unwritten: dict[str, bytes] = {}  # fetched, disk write pending
+        self._unwritten_bytes = 0
+        self._backlog_limit = max(memory_bytes, 2 * block_size)
+        self._writer_caught_up = asyncio.Event()  # set while the backlog is under its limit
+        self._writer_caught_up.set()
         self._queued: list[tuple[str, bytes, str]] = []  # (key, block, tag) for the writer
         self._writing: asyncio.Task[None] | None = None  # the writer task, while it runs
         self._tasks: set[asyncio.Task[None]] = set()
@@ -128,7 +143,7 @@ class BlockCache:
         # from a cold disk, 8 threads 0.19 GB/s, when every hit still wrote its LRU time under
         # SQLite's lock; hits take no lock now, more reader threads are not measured since).
         self._reader = ThreadPoolExecutor(1, "diskcache-read")
-        self._writer = ThreadPoolExecutor(1, "diskcache-write")
+        self._writer = ThreadPoolExecutor(1, "diskcache-write", initializer=_lower_priority)
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._reader, fn, *args)
@@ -187,6 +202,7 @@ class BlockCache:
         out["disk_bytes"] = self.disk.volume()
         out["inflight"] = len(self._inflight)
         out["unwritten_blocks"] = len(self._unwritten)
+        out["unwritten_bytes"] = self._unwritten_bytes
         return out
 
     async def close(self) -> None:
@@ -367,6 +383,9 @@ class BlockCache:
         start = first * bs
         length = min(obj.size, (first + len(keys)) * bs) - start
         try:
+            if not self._writer_caught_up.is_set():  # the disk writer is far behind
+                self.counts["writer_waits"] += 1
+                await self._writer_caught_up.wait()
             started = time.perf_counter()
             data = await fetch(start, length)
             self.counts["fetch_us"] += int((time.perf_counter() - started) * 1e6)
@@ -377,7 +396,7 @@ class BlockCache:
             for n, (k, fut) in enumerate(zip(keys, futs, strict=True)):
                 blk = data[n * bs : (n + 1) * bs]
                 self._memory_put(k, blk)
-                self._unwritten[k] = blk
+                self._set_unwritten(k, blk)
                 self._queued.append((k, blk, obj.file_id))
                 fut.set_result(blk)
             if self._writing is None:
@@ -411,9 +430,22 @@ class BlockCache:
                     log.warning("cannot store %d blocks: %s", len(batch), exc)
                 finally:
                     for k, _, _ in batch:
-                        self._unwritten.pop(k, None)
+                        self._set_unwritten(k, None)
         finally:
             self._writing = None
+
+    def _set_unwritten(self, key: str, data: bytes | None) -> None:
+        """Hold ``data`` until it is on disk (None: it is, or will not be)."""
+        old = self._unwritten.pop(key, None)
+        if old is not None:
+            self._unwritten_bytes -= len(old)
+        if data is not None:
+            self._unwritten[key] = data
+            self._unwritten_bytes += len(data)
+        if self._unwritten_bytes > self._backlog_limit:
+            self._writer_caught_up.clear()
+        else:
+            self._writer_caught_up.set()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -438,3 +470,15 @@ class BlockCache:
         while self._mem_used > self.memory_bytes and len(self._mem) > 1:
             _, old = self._mem.popitem(last=False)
             self._mem_used -= len(old)
+
+
+def _lower_priority() -> None:
+    """Run the calling thread ``WRITER_NICE_STEPS`` below its current priority (on Linux a
+    nice value is per thread)."""
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(
+            os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + WRITER_NICE_STEPS)
+        )
+    except OSError as exc:  # lowering one's own priority is always allowed; log it anyway
+        log.warning("cannot lower the disk writer's priority: %s", exc)

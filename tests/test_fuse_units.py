@@ -8,7 +8,9 @@ import asyncio
 import datetime as dt
 import hashlib
 import os
+import threading
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import botocore.auth
@@ -168,6 +170,70 @@ async def test_blocks_fetched_one_at_a_time_are_stored_together(
     assert cache.statistics()["unwritten_blocks"] == len(bodies)
     await cache.close()  # waits for the writer
     assert (cache.counts["disk.batches"], cache.counts["disk.blocks"]) == (1, len(bodies))
+    cache.disk.close()
+
+
+async def test_the_disk_writer_runs_below_the_loops_priority(tmp_path: Path) -> None:
+    """The writer's thread (not the loop's) gives up WRITER_NICE_STEPS of priority."""
+    from unionstore.fuse.blockcache import WRITER_NICE_STEPS
+
+    loop_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    cache = BlockCache(DiskBlocks(tmp_path / "blocks", 1 << 30))
+    body = b"x" * 50_000
+    obj = ObjectVersion("ep/b/k", "e", len(body))
+
+    async def fetch(offset: int, length: int) -> bytes:
+        return body[offset : offset + length]
+
+    assert await cache.read(obj, fetch, 0, 1 << 20, AccessPattern()) == body
+    await cache.close()  # the writer stored the block, so its thread ran
+    (writer,) = cache._writer._threads
+    assert writer.native_id is not None
+    nice = min(19, loop_nice + WRITER_NICE_STEPS)
+    assert os.getpriority(os.PRIO_PROCESS, writer.native_id) == nice
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == loop_nice
+    cache.disk.close()
+
+
+async def test_gets_wait_for_a_disk_writer_that_is_far_behind(tmp_path: Path) -> None:
+    """Fetched blocks wait in RAM for the writer; beyond the backlog's limit (here two 4 MiB
+    blocks) new GETs wait until it has caught up, so a slow disk bounds the daemon's RAM."""
+    release = threading.Event()
+
+    class SlowDisk(DiskBlocks):
+        def put_tagged(self, items: Any) -> None:
+            release.wait(30)
+            super().put_tagged(items)
+
+    cache = BlockCache(SlowDisk(tmp_path / "blocks", 1 << 30), memory_bytes=0)
+    body = b"y" * (3 << 20)
+    fetched: list[str] = []
+    three = asyncio.Event()
+
+    def fetcher(key: str) -> Fetch:
+        async def fetch(offset: int, length: int) -> bytes:
+            fetched.append(key)
+            if len(fetched) == 3:
+                three.set()
+            return body[offset : offset + length]
+
+        return fetch
+
+    objs = [ObjectVersion(f"ep/b/k{i}", "e", len(body)) for i in range(4)]
+    reads = [
+        asyncio.create_task(cache.read(o, fetcher(o.file_id), 0, 1 << 20, AccessPattern()))
+        for o in objs
+    ]
+    await asyncio.wait_for(three.wait(), 30)
+    for _ in range(100):  # every task runs on this loop: the fourth could go on by now
+        await asyncio.sleep(0)
+    assert len(fetched) == 3  # 9 MiB unwritten > 8 MiB: the fourth GET waits
+    assert cache.statistics()["unwritten_bytes"] == 3 * len(body)
+    release.set()
+    assert await asyncio.gather(*reads) == [body[: 1 << 20]] * 4
+    assert cache.counts["writer_waits"] == 1
+    await cache.close()
+    assert cache.statistics()["unwritten_bytes"] == 0
     cache.disk.close()
 
 
