@@ -23,8 +23,9 @@ Design (after juicefs ``prefetch.go`` and mountpoint-s3's prefetcher):
   thread hop and one SQLite transaction per batch of up to ``WRITE_BATCH`` blocks (a stream
   of cold small files costs a transaction every 25 ms, not one each). Until written, a
   block is served from RAM (``_unwritten``). The writer's thread runs at a lower priority
-  than the event loop (``WRITER_NICE_STEPS``), and when more than ``memory_bytes`` wait for
-  it, new GETs wait for the writer instead of piling up more.
+  than the event loop while it keeps up (``WRITER_NICE_STEPS``), at the loop's once half its
+  backlog limit waits for it; past the limit (``memory_bytes``, at least two large blocks),
+  new GETs wait for it instead of piling up more in RAM.
 - Read amplification = bytes fetched / bytes returned to the kernel, per pattern, reported by
   :meth:`BlockCache.statistics` (read-ahead counts as sequential).
 """
@@ -60,12 +61,14 @@ WRITE_BATCH = 64  # blocks stored in one disk transaction
 # hundred cold small files a second it had written one block per transaction, 0.25 ms of CPU
 # each (the transaction's own pages dominate)
 WRITE_DELAY = 0.025
-# the writer's thread runs this many nice steps below the thread that starts it (the event
-# loop's; at most 19). At the same priority, each time the loop released the GIL (every
-# syscall) the waiting writer woke and the scheduler preempted the loop for it: 2-3
-# involuntary switches of the loop per cold file. Measured at 15 steps (-10 vs 5), 6
-# alternating rounds of 2,000 cold 100 KB files: 4 readers 978 vs 852 files/s, 8 readers
-# 940 vs 789 (medians), daemon CPU per file 0.74-0.96 vs 0.90-1.14 ms.
+# while it keeps up, the writer's thread runs this many nice steps below the event loop (at
+# most 19). At the same priority, each time the loop released the GIL (every syscall) the
+# waiting writer woke and the scheduler preempted the loop for it: 2-3 involuntary switches
+# of the loop per cold file. Measured at 15 steps (-10 vs 5), 6 alternating rounds of 2,000
+# cold 100 KB files: 4 readers 978 vs 852 files/s, 8 readers 940 vs 789 (medians), daemon
+# CPU per file 0.74-0.96 vs 0.90-1.14 ms. Once behind (a cold 1 GiB read: 4 MiB blocks
+# faster than it writes them) it gets the loop's priority back, or GETs would wait for a
+# writer that other processes of a busy node starve.
 WRITER_NICE_STEPS = 15
 
 
@@ -143,7 +146,8 @@ class BlockCache:
         # from a cold disk, 8 threads 0.19 GB/s, when every hit still wrote its LRU time under
         # SQLite's lock; hits take no lock now, more reader threads are not measured since).
         self._reader = ThreadPoolExecutor(1, "diskcache-read")
-        self._writer = ThreadPoolExecutor(1, "diskcache-write", initializer=_lower_priority)
+        self._writer = ThreadPoolExecutor(1, "diskcache-write")
+        self._writer_priority = _WriterPriority()
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._reader, fn, *args)
@@ -423,7 +427,8 @@ class BlockCache:
                 batch = self._queued[:WRITE_BATCH]
                 del self._queued[:WRITE_BATCH]
                 try:
-                    await loop.run_in_executor(self._writer, self.disk.put_tagged, batch)
+                    behind = self._unwritten_bytes > self._backlog_limit // 2
+                    await loop.run_in_executor(self._writer, self._store, batch, behind)
                     self.counts["disk.batches"] += 1
                     self.counts["disk.blocks"] += len(batch)
                 except Exception as exc:  # not cached: fetched again when next read
@@ -433,6 +438,11 @@ class BlockCache:
                         self._set_unwritten(k, None)
         finally:
             self._writing = None
+
+    def _store(self, batch: list[tuple[str, bytes, str]], behind: bool) -> None:
+        """In the writer's thread."""
+        self._writer_priority.set(behind)
+        self.disk.put_tagged(batch)
 
     def _set_unwritten(self, key: str, data: bytes | None) -> None:
         """Hold ``data`` until it is on disk (None: it is, or will not be)."""
@@ -472,13 +482,25 @@ class BlockCache:
             self._mem_used -= len(old)
 
 
-def _lower_priority() -> None:
-    """Run the calling thread ``WRITER_NICE_STEPS`` below its current priority (on Linux a
-    nice value is per thread)."""
-    tid = threading.get_native_id()
-    try:
-        os.setpriority(
-            os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + WRITER_NICE_STEPS)
-        )
-    except OSError as exc:  # lowering one's own priority is always allowed; log it anyway
-        log.warning("cannot lower the disk writer's priority: %s", exc)
+class _WriterPriority:
+    """The disk writer thread's nice value: ``WRITER_NICE_STEPS`` above the loop's (the
+    thread that made this), or the loop's own while the writer is behind. Going back up
+    needs CAP_SYS_NICE (as raising the daemon's did); without it the writer stays low."""
+
+    def __init__(self) -> None:
+        self.loop = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        self.low = min(19, self.loop + WRITER_NICE_STEPS)
+        self.current: int | None = None  # the writer's, once set
+        self.can_raise = True
+
+    def set(self, behind: bool) -> None:
+        """Called in the writer's thread."""
+        want = self.loop if behind else self.low
+        if want == self.current or (behind and not self.can_raise):
+            return
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), want)
+            self.current = want
+        except OSError as exc:  # EPERM: no CAP_SYS_NICE to raise it again
+            self.can_raise = False
+            log.info("the disk writer keeps nice %s (%s)", self.current, exc)

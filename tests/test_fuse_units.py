@@ -174,7 +174,8 @@ async def test_blocks_fetched_one_at_a_time_are_stored_together(
 
 
 async def test_the_disk_writer_runs_below_the_loops_priority(tmp_path: Path) -> None:
-    """The writer's thread (not the loop's) gives up WRITER_NICE_STEPS of priority."""
+    """While it keeps up, the writer's thread (not the loop's) gives up WRITER_NICE_STEPS
+    of priority."""
     from unionstore.fuse.blockcache import WRITER_NICE_STEPS
 
     loop_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
@@ -195,13 +196,40 @@ async def test_the_disk_writer_runs_below_the_loops_priority(tmp_path: Path) -> 
     cache.disk.close()
 
 
+def test_a_writer_that_may_not_raise_its_priority_again_stays_low(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without CAP_SYS_NICE the writer cannot get the loop's priority back: it stays low,
+    says so once, and does not try again."""
+    from unionstore.fuse.blockcache import _WriterPriority
+
+    calls: list[int] = []
+
+    def setpriority(which: int, who: int, nice: int) -> None:
+        calls.append(nice)
+        if nice < max([priority.low, *calls[:-1]]):
+            raise PermissionError(1, "Operation not permitted")
+
+    priority = _WriterPriority()
+    monkeypatch.setattr(os, "setpriority", setpriority)
+    priority.set(False)
+    priority.set(True)  # refused
+    priority.set(True)
+    priority.set(False)
+    assert calls == [priority.low, priority.loop]
+    assert (priority.current, priority.can_raise) == (priority.low, False)
+
+
 async def test_gets_wait_for_a_disk_writer_that_is_far_behind(tmp_path: Path) -> None:
     """Fetched blocks wait in RAM for the writer; beyond the backlog's limit (here two 4 MiB
-    blocks) new GETs wait until it has caught up, so a slow disk bounds the daemon's RAM."""
+    blocks) new GETs wait until it has caught up, so a slow disk bounds the daemon's RAM.
+    A writer that far behind runs at the loop's priority."""
     release = threading.Event()
+    writer_nice: list[int] = []
 
     class SlowDisk(DiskBlocks):
         def put_tagged(self, items: Any) -> None:
+            writer_nice.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
             release.wait(30)
             super().put_tagged(items)
 
@@ -234,6 +262,8 @@ async def test_gets_wait_for_a_disk_writer_that_is_far_behind(tmp_path: Path) ->
     assert cache.counts["writer_waits"] == 1
     await cache.close()
     assert cache.statistics()["unwritten_bytes"] == 0
+    # behind, the writer ran at the loop's priority, not WRITER_NICE_STEPS below it
+    assert writer_nice[0] == os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     cache.disk.close()
 
 
