@@ -1,7 +1,8 @@
 """FUSE mounts side by side: ``unionstore mount`` vs s3fs-fuse vs ``rclone mount``, all on the
 same gateway bucket over the same real HDFS, and the local disk.
 
-    python -m bench.fuse_bench [--quick] [--json bench/results/...json]
+    python -m bench.fuse_bench [--quick] [--json bench/results/...json] [--plot docs/img/fuse.png]
+    python -m bench.fuse_bench --plot-from bench/results/...json   # redraw the plot only
 
 Rows (issue 6, "Benchmarks"):
 The gateway's own cache is warmed first, so "cold" means the mount's cache is empty, not the
@@ -27,8 +28,9 @@ the kernel writes the cold pass's dirty pages (gigabytes for ``seq1g``: the gate
 the mount's caches) back in threads of its own, which the daemon's CPU does not show.
 
 Prints a markdown table with the ratios unionstore / peer (> 1: unionstore is faster), writes
-the raw numbers as JSON. Everything started is stopped at the end (mounts unmounted, daemons
-killed), also on error or Ctrl-C. Numbers from a shared 2-core machine: compare ratios.
+the raw numbers as JSON, and (with matplotlib) plots each cold round's ratio to each peer.
+Everything started is stopped at the end (mounts unmounted, daemons killed), also on error
+or Ctrl-C. Numbers from a shared 2-core machine: compare ratios.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import proc_cpu_seconds  # noqa: E402
+from bench.common import proc_cpu_seconds, pyplot, save_figure  # noqa: E402
 from tests.support.fusemount import FuseMount, hdfs_put_many, is_mounted, unmount  # noqa: E402
 from tests.support.gateway import ADMIN_KEY, ADMIN_SECRET, GatewayProcess  # noqa: E402
 from tests.support.hdfs import HdfsCluster  # noqa: E402
@@ -377,6 +379,32 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def plot(results: dict[str, Any], path: Path) -> bool:
+    """Each cold pass's files/s over the peer's pass in the same round, per reader count:
+    how far each round lands from the 2x target, not just the medians."""
+    plt = pyplot(print)
+    if plt is None:
+        return False
+    passes = results["_meta"]["cold_passes"]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    peers = (("s3fs", "o", "tab:blue"), ("rclone", "s", "tab:red"))
+    for shift, (peer, marker, color) in enumerate(peers):
+        for n, procs in enumerate(("1", "4", "8")):
+            ours, theirs = passes["unionstore"][procs], passes[peer][procs]
+            ratios = [a / b for a, b in zip(ours, theirs, strict=True) if b]
+            xs = [n + (shift - 0.5) * 0.3] * len(ratios)
+            label = f"vs {peer}" if n == 0 else None
+            ax.scatter(xs, ratios, marker=marker, color=color, alpha=0.7, label=label)
+    ax.axhline(2.0, color="grey", linestyle="--", linewidth=1, label="target 2x")
+    ax.set_xticks(range(3), ["1 reader", "4 readers", "8 readers"])
+    ax.set_ylabel("cold 100 KB files/s, unionstore / peer")
+    ax.set_ylim(bottom=0)
+    ax.set_title("Cold small files, per round (same round, clients taking turns)")
+    ax.legend(loc="upper right", fontsize="small")
+    save_figure(plt, fig, path)
+    return True
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="256 MiB and 300 files")
@@ -406,11 +434,17 @@ def main() -> int:
         action="store_false",
         help="do not drop the kernel page cache between passes",
     )
+    parser.add_argument("--plot", type=Path, default=REPO / "docs" / "img" / "fuse.png")
+    parser.add_argument(
+        "--plot-from", type=Path, help="only draw the plot from a saved JSON of this bench"
+    )
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     parser.add_argument(
         "--json", type=Path, default=REPO / "bench" / "results" / f"{stamp}-fuse.json"
     )
     args = parser.parse_args()
+    if args.plot_from:
+        return 0 if plot(json.loads(args.plot_from.read_text()), args.plot) else 1
     load_before = os.getloadavg()
     results = run(args)
     load_after = os.getloadavg()
@@ -419,6 +453,7 @@ def main() -> int:
     results["_meta"].update(load_start=list(load_before), load_end=list(load_after))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1))
+    plot(results, args.plot)
     return 0
 
 
