@@ -128,7 +128,10 @@ def test_processes_read_random_samples_of_10000_files(loader_mount: FuseMount) -
     after = m.stats()["s3"]
     assert all(r["bad"] == [] for r in results)
     print(f"warm epoch: {PROCESSES * SAMPLES / seconds:.0f} files/s")
-    cache = m.stats()["cache"]
+    stats = m.stats()
+    cache = stats["cache"]
     refetched = _delta(before, after, "requests.GetObject")
-    assert refetched == 0, (cache, m.log_tail())  # the counters and log say which path missed
+    if refetched:  # printed whole (an assertion message is cut short): which path missed
+        print(json.dumps(stats, indent=1), m.log_tail(), sep="\n")
+    assert refetched == 0
     assert cache["read_amplification.all"] <= 1.1, cache

@@ -8,6 +8,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import os
+import random
 import threading
 from pathlib import Path
 from typing import Any
@@ -92,30 +93,48 @@ def test_a_scan_hands_each_file_to_read_ahead_once() -> None:
 
     for i in range(20):
         scans.opened("d", f"f{i:03d}", listing, 4, 1 << 20, prefetch)
-    assert handed == [f"f{i:03d}" for i in range(3, 24)]  # the third open starts the scan
+    assert handed == [f"f{i:03d}" for i in range(4, 24)]  # the fourth open starts the scan
 
 
 def test_a_scan_offers_a_refused_file_again_and_starts_over_after_a_jump_back() -> None:
     scans, listing, handed = DirectoryScans(), _listing(100), []
-    refuse = {"f004"}
+    refuse = {"f005"}
 
     def prefetch(name: str, stat: Stat) -> bool:
         handed.append(name)
         return name not in refuse
 
-    for i in range(3):
+    for i in range(4):
         scans.opened("d", f"f{i:03d}", listing, 4, 1 << 20, prefetch)
-    assert handed == ["f003", "f004"]  # f004 refused: f005 and f006 wait for it
+    assert handed == ["f004", "f005"]  # f005 refused: f006 and f007 wait for it
     refuse.clear()
-    scans.opened("d", "f003", listing, 4, 1 << 20, prefetch)
-    assert handed[2:] == ["f004", "f005", "f006", "f007"]
-    for i in range(4, 50):
+    scans.opened("d", "f004", listing, 4, 1 << 20, prefetch)
+    assert handed[2:] == ["f005", "f006", "f007", "f008"]
+    for i in range(5, 50):
         scans.opened("d", f"f{i:03d}", listing, 4, 1 << 20, prefetch)
     assert handed[-1] == "f053"
     handed.clear()
-    for i in range(3):  # a second pass from the start (out of the recent opens): a new scan
+    for i in range(4):  # a second pass from the start (out of the recent opens): a new scan
         scans.opened("d", f"f{i:03d}", listing, 4, 1 << 20, prefetch)
-    assert handed == ["f003", "f004", "f005", "f006"]
+    assert handed == ["f004", "f005", "f006", "f007"]
+
+
+def test_shuffled_readers_of_a_large_directory_start_no_scan() -> None:
+    """The data-loader test's readers (4 processes, 1,500 random files of 10,000 each),
+    interleaved 40 ways: no open ever looks like a scan, so nothing they do not read is
+    fetched. With two predecessors making a scan, about one run in twenty had one."""
+    names = [f"f{i:05d}" for i in range(10_000)]
+    listing = {n: Stat(False, 100, 1, "e") for n in names}
+    picks = [random.Random(seed).sample(names, 1_500) for seed in range(4)]
+    handed: list[str] = []
+    for run in range(40):
+        order = random.Random(run)
+        scans, pos = DirectoryScans(), [0] * len(picks)
+        while live := [k for k, p in enumerate(picks) if pos[k] < len(p)]:
+            k = order.choice(live)
+            name, pos[k] = picks[k][pos[k]], pos[k] + 1
+            scans.opened("d", name, listing, 8, 1 << 20, lambda n, _: handed.append(n) or True)
+        assert scans.detected == 0, (run, handed)
 
 
 async def test_fetched_blocks_reach_the_disk_in_batches_after_the_reads(tmp_path: Path) -> None:
