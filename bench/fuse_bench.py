@@ -9,14 +9,20 @@ The gateway's own cache is warmed first, so "cold" means the mount's cache is em
 gateway's, and the order in which clients run does not favour any of them.
 
 - ``seq1g``: sequential read of a 1 GiB file (1 MiB reads): cold (first read through the
-  mount), cached from the page cache (the median of 3 more reads), and cached with
+  mount), cached from the page cache (the median of 5 more reads, each followed by a read
+  of the local disk's copy, so the ratio to the local disk compares reads seconds apart,
+  not series minutes apart: ``_meta.page_cache_alongside``), and cached with
   ``--drop-caches`` (the kernel's page cache dropped first, so the mount's own cache serves
   it, and the local disk reads from disk);
 - ``files/s P=N``: 100 KB files per second with N reader processes, cold (fresh mount and
   cache, page cache dropped) and cached (second pass). A cold row is the median of 1 +
   ``--rounds`` passes: ``--rounds`` of them run first, the clients taking turns, because on
   this shared machine two passes of the same client minutes apart differ by up to 2x;
-- ``stat/s``: stat() calls per second on a warm metadata cache (one process);
+- ``stat/s``: stat() calls per second on a warm metadata cache (one process): ``warm``
+  loops over the files for 3 s right after a pass over them; ``sweep`` is one pass over
+  every file begun 2 s after the previous one (the median of 5), as ``find``, ``du`` or a
+  loader's next epoch stat the files of a dataset: longer apart than libfuse's default 1 s
+  kernel attribute cache (s3fs keeps it), shorter than our 60 s (``attr_timeout``);
 - ``write1g``: sequential write of a 1 GiB checkpoint, the last row of each client (the
   upload's aftermath on the gateway and HDFS would otherwise land in the next row).
 
@@ -245,6 +251,31 @@ def stats_per_second(paths: list[Path], seconds: float) -> float:
     return n / (time.perf_counter() - t)
 
 
+def stat_sweeps(paths: list[Path], pause: float = 2.0, passes: int = 5) -> float:
+    """stat() calls per second of one pass over ``paths``, each pass ``pause`` seconds after
+    the one before (the median)."""
+    for p in paths:  # warm
+        os.stat(p)
+    rates = []
+    for _ in range(passes):
+        time.sleep(pause)
+        t = time.perf_counter()
+        for p in paths:
+            os.stat(p)
+        rates.append(len(paths) / (time.perf_counter() - t))
+    return statistics.median(rates)
+
+
+def read_alongside(path: Path, local: Path, rounds: int) -> tuple[list[float], list[float]]:
+    """MiB/s of ``rounds`` reads of ``path``, each followed by a read of ``local``."""
+    read_seq(local)  # into the page cache
+    ours, theirs = [], []
+    for _ in range(rounds):
+        ours.append(read_seq(path))
+        theirs.append(read_seq(local))
+    return ours, theirs
+
+
 def write_seq(path: Path, size: int) -> float | str:
     chunk = os.urandom(MIB)
     t = time.perf_counter()
@@ -261,6 +292,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     big = (256 if args.quick else 1024) * MIB
     nfiles = 300 if args.quick else 2000
     results: dict[str, dict[str, Any]] = {c: {} for c in CLIENTS}
+    alongside: dict[str, dict[str, list[float]]] = {}
     work = Path(tempfile.mkdtemp(prefix="fuse-bench-"))
     stops: list[Callable[[], None]] = []
     hdfs = HdfsCluster()
@@ -308,13 +340,15 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                     if procs == 1:
                         m.settle()
                         r["stat/s warm"] = stats_per_second(paths, 3.0)
+                        r["stat/s sweep, 2 s apart"] = stat_sweeps(paths)
                         drop_page_cache()
                         r["seq1g MiB/s cold"] = read_seq(m.path / "big.bin")
                         m.settle()
-                        # median of 3: single passes from the page cache ran at 5.6-10.9
+                        # median of 5: single passes from the page cache ran at 5.6-10.9
                         # GB/s back to back (memory bandwidth shared with other tenants)
-                        warm = [read_seq(m.path / "big.bin") for _ in range(3)]
+                        warm, loc = read_alongside(m.path / "big.bin", local / "big.bin", 5)
                         r["seq1g MiB/s cached (page cache)"] = statistics.median(warm)
+                        alongside[name] = {"client": warm, "local": loc}
                         if args.drop_caches:
                             drop_page_cache()
                             r["seq1g MiB/s cached (dropped)"] = read_seq(m.path / "big.bin")
@@ -330,7 +364,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                 stop()
         hdfs.stop()
         shutil.rmtree(work, ignore_errors=True)
-    results["_meta"] = {"cold_passes": passes}
+    results["_meta"] = {"cold_passes": passes, "page_cache_alongside": alongside}
     return results
 
 
@@ -379,13 +413,28 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def alongside_table(results: dict[str, Any]) -> str:
+    """The 1 GiB page-cache read of each client against the local disk's read right after."""
+    out = [
+        "| 1 GiB from the page cache, read alternately | client MiB/s | local MiB/s | vs local |",
+        "|---|---|---|---|",
+    ]
+    for name, runs in results["_meta"].get("page_cache_alongside", {}).items():
+        ours, local = (statistics.median(runs[k]) for k in ("client", "local"))
+        out.append(f"| {name} | {ours:,.0f} | {local:,.0f} | {ours / local:.2f}x |")
+    return "\n".join(out)
+
+
 def plot(results: dict[str, Any], path: Path) -> bool:
     """Each cold pass's files/s over the peer's pass in the same round, per reader count:
     how far each round lands from the 2x target, not just the medians."""
     plt = pyplot(print)
     if plt is None:
         return False
-    passes = results["_meta"]["cold_passes"]
+    # keys are ints in a run's results, strings once read back from its JSON
+    passes = {
+        c: {str(k): v for k, v in d.items()} for c, d in results["_meta"]["cold_passes"].items()
+    }
     fig, ax = plt.subplots(figsize=(7, 3.6))
     peers = (("s3fs", "o", "tab:blue"), ("rclone", "s", "tab:red"))
     for shift, (peer, marker, color) in enumerate(peers):
@@ -448,11 +497,12 @@ def main() -> int:
     load_before = os.getloadavg()
     results = run(args)
     load_after = os.getloadavg()
-    print(table(results))
-    print(f"load average (1/5/15 min) at start {load_before}, at end {load_after}")
     results["_meta"].update(load_start=list(load_before), load_end=list(load_after))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1))
+    print(table(results))
+    print(alongside_table(results))
+    print(f"load average (1/5/15 min) at start {load_before}, at end {load_after}")
     plot(results, args.plot)
     return 0
 
