@@ -137,6 +137,39 @@ def test_shuffled_readers_of_a_large_directory_start_no_scan() -> None:
         assert scans.detected == 0, (run, handed)
 
 
+async def test_blocks_are_read_from_disk_by_several_threads_at_once(tmp_path: Path) -> None:
+    """Four readers of files cached on disk: their blocks are read in parallel (a
+    sequential reader's read-ahead from disk is too), not one after another."""
+    both = threading.Condition()
+    reading, most = 0, 0
+
+    class CountingDisk(DiskBlocks):
+        def get(self, key: str) -> bytes | None:
+            nonlocal reading, most
+            with both:
+                reading += 1
+                most = max(most, reading)
+                both.notify_all()
+                both.wait_for(lambda: most >= 2, timeout=10)  # one thread alone: 10 s, then on
+                reading -= 1
+            return super().get(key)
+
+    cache = BlockCache(CountingDisk(tmp_path / "blocks", 1 << 30), memory_bytes=0)
+    body = b"z" * 200_000
+    objs = [ObjectVersion(f"ep/b/d{i}", "e", len(body)) for i in range(4)]
+    for o in objs:
+        cache.disk.put_many([(block_key(o.file_id, o.version, cache.large, 0), body)], o.file_id)
+
+    async def no_fetch(offset: int, length: int) -> bytes:
+        raise AssertionError("fetched a block that is on disk")
+
+    reads = [cache.read(o, no_fetch, 0, len(body), AccessPattern()) for o in objs]
+    assert await asyncio.gather(*reads) == [body] * 4
+    assert cache.statistics()["hits.disk"] == 4
+    assert most >= 2
+    await cache.close()
+
+
 async def test_fetched_blocks_reach_the_disk_in_batches_after_the_reads(tmp_path: Path) -> None:
     """Twenty cold small files read at once: every read is answered from RAM before anything
     is on disk, the blocks are stored in one batch, and a new cache on the same folder (a
