@@ -168,6 +168,7 @@ async def test_blocks_are_read_from_disk_by_several_threads_at_once(tmp_path: Pa
     assert cache.statistics()["hits.disk"] == 4
     assert most >= 2
     await cache.close()
+    cache.disk.close()
 
 
 async def test_fetched_blocks_reach_the_disk_in_batches_after_the_reads(tmp_path: Path) -> None:
