@@ -421,3 +421,36 @@ def test_the_fuse_block_store_sweeps_orphans_at_start(tmp_path: Path) -> None:
     blocks = DiskBlocks(folder, 1 << 30)
     assert not orphan.exists() and young.exists()  # a young one may be another daemon's fill
     assert blocks.get("kept") is not None
+
+
+async def test_a_fill_cancelled_while_writing_holds_its_lease_until_the_block_is_on_disk(
+    tmp_path: Path,
+) -> None:
+    """A worker shutting down cancels its fills. One cancelled while its block is being
+    written must not give up its lease before the block is stored, or another worker finds
+    neither and fetches the block again (seen as a flaky double fetch in
+    ``test_worker_processes_share_fills``)."""
+    path, data = make_file(tmp_path, BS)
+    src, bc = Source(path), block_cache(tmp_path)
+    fv = version(path, data)
+    key = bc._key(fv, 0)
+    writing, proceed = threading.Event(), threading.Event()
+    real_put = bc.store.put
+
+    def slow_put(k: str, block: bytes, tag: str) -> None:
+        writing.set()
+        proceed.wait(30)
+        real_put(k, block, tag)
+
+    bc.store.put = slow_put  # type: ignore[method-assign]
+    assert await read_all(bc, fv, src, 0, len(data), whole=True) == data
+    (fill,) = bc._files[(fv.file_id, fv.version, BS)].tasks
+    assert await asyncio.to_thread(writing.wait, 30)
+    fill.cancel()
+    finished, _ = await asyncio.wait([fill], timeout=0.5)
+    assert not finished  # still waiting for the write...
+    assert bc.store.lease_held(key)  # ... and holding the lease
+    proceed.set()
+    await asyncio.wait([fill])
+    assert fill.cancelled()
+    assert bc.store.contains(key) and not bc.store.lease_held(key)

@@ -272,7 +272,15 @@ class BlockCache:
                         raise OSError(f"short read of block {i}: {len(data)} != {want}")
                 fut.set_result(data)
                 loop = asyncio.get_running_loop()
-                await loop.run_in_executor(self._writer, self.store.put, key, data, fv.file_id)
+                write = loop.run_in_executor(self._writer, self.store.put, key, data, fv.file_id)
+                try:
+                    await asyncio.shield(write)
+                except asyncio.CancelledError:
+                    # shutting down: the write runs on in its thread, and the lease must
+                    # outlive it, or another worker finds neither the block nor a lease and
+                    # fetches the block again
+                    await asyncio.wait([write])
+                    raise
                 state.present[i] = 1
         except BaseException as exc:
             stats.fill_failures += 1
