@@ -52,6 +52,10 @@ from unionstore.fuse.s3errors import S3Error
 log = logging.getLogger("unionstore.fuse.cache")
 
 Fetch = Callable[[int, int], Awaitable[bytes]]
+# what a read returns: a range of a block in RAM is a view of it, not a copy (pyfuse3 replies
+# from any buffer). A 1 MiB read of a cached 4 MiB block had copied 1 MiB: 8% of the
+# daemon's CPU reading a file from its disk cache (``perf``)
+Data = bytes | memoryview
 T = TypeVar("T")
 SEQ_AHEAD = 256 << 10  # a read this far past the last one still continues it
 SEQ_BEHIND = 2 << 20  # the kernel's async read-ahead may arrive a little out of order
@@ -166,7 +170,7 @@ class BlockCache:
     # -- public ------------------------------------------------------------------------------
     async def read(
         self, obj: ObjectVersion, fetch: Fetch, offset: int, size: int, pattern: AccessPattern
-    ) -> bytes:
+    ) -> Data:
         end = min(offset + size, obj.size)
         if offset >= end:
             return b""
@@ -224,7 +228,7 @@ class BlockCache:
     # -- sequential --------------------------------------------------------------------------
     async def _read_large(
         self, obj: ObjectVersion, fetch: Fetch, offset: int, end: int, window: int
-    ) -> bytes:
+    ) -> Data:
         bs = self.large
         first, last = offset // bs, (end - 1) // bs
         nblocks = (obj.size + bs - 1) // bs
@@ -233,9 +237,12 @@ class BlockCache:
         blocks = await asyncio.gather(
             *(self._large_block(obj, fetch, i, "seq") for i in range(first, last + 1))
         )
-        data = b"".join(blocks)
-        base = first * bs
-        return data[offset - base : end - base]
+        if len(blocks) == 1:
+            return _view(blocks[0], offset - first * bs, end - first * bs)
+        return b"".join(
+            _view(blk, max(offset - i * bs, 0), min(end - i * bs, bs))
+            for i, blk in enumerate(blocks, first)
+        )
 
     async def _large_block(self, obj: ObjectVersion, fetch: Fetch, i: int, kind: str) -> bytes:
         key = block_key(obj.file_id, obj.version, self.large, i)
@@ -301,7 +308,7 @@ class BlockCache:
         return True
 
     # -- random ------------------------------------------------------------------------------
-    async def _read_random(self, obj: ObjectVersion, fetch: Fetch, offset: int, end: int) -> bytes:
+    async def _read_random(self, obj: ObjectVersion, fetch: Fetch, offset: int, end: int) -> Data:
         lb = offset // self.large
         if lb == (end - 1) // self.large:
             data = await self._from_large(obj, lb, offset, end)
@@ -345,19 +352,19 @@ class BlockCache:
             found[m] = await asyncio.shield(fut)
         blob = b"".join(d or b"" for d in found)
         base = first * bs
-        return blob[offset - base : end - base]
+        return _view(blob, offset - base, end - base)
 
-    async def _from_large(self, obj: ObjectVersion, i: int, offset: int, end: int) -> bytes | None:
+    async def _from_large(self, obj: ObjectVersion, i: int, offset: int, end: int) -> Data | None:
         key = block_key(obj.file_id, obj.version, self.large, i)
         base = i * self.large
         data = self._memory_get(key)
         if data is not None:
             self.counts["hits.memory"] += 1
-            return data[offset - base : end - base]
+            return _view(data, offset - base, end - base)
         if key in self._inflight:
             self.counts["hits.inflight"] += 1
             data = await asyncio.shield(self._inflight[key])
-            return data[offset - base : end - base]
+            return _view(data, offset - base, end - base)
         if not self.disk.contains(key):
             return None
         part = await self._read(self.disk.read, key, offset - base, end - base)
@@ -483,6 +490,13 @@ class BlockCache:
         while self._mem_used > self.memory_bytes and len(self._mem) > 1:
             _, old = self._mem.popitem(last=False)
             self._mem_used -= len(old)
+
+
+def _view(data: bytes, lo: int, hi: int) -> Data:
+    """``data[lo:hi]`` without copying (all of ``data`` as it is)."""
+    if lo <= 0 and hi >= len(data):
+        return data
+    return memoryview(data)[lo:hi]
 
 
 class _WriterPriority:

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 
-from unionstore.fuse.blockcache import ObjectVersion
+from unionstore.fuse.blockcache import Data, ObjectVersion
 from unionstore.fuse.fs import FileSystem, FsError, Handle
 from unionstore.fuse.inodes import Node, join
 from unionstore.fuse.metadata import Stat
@@ -122,7 +122,7 @@ class OpenFiles:
         fs.inodes.opened(node)
         return fs._new_fh(lambda fh: Handle(fh, node, key=fs.meta.key(path), upload=upload))
 
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
+    async def read(self, fh: int, offset: int, size: int) -> Data:
         fs = self.fs
         h = fs.handle(fh)
         if h.control is not None:

@@ -19,7 +19,7 @@ import functools
 import logging
 import stat as stat_mod
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import pyfuse3
 
@@ -243,7 +243,8 @@ class Operations(pyfuse3.Operations):
 
     @boundary
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return await self.files.read(fh, off, size)
+        # a view of a cached block, not a copy: pyfuse3 replies from any buffer
+        return cast(bytes, await self.files.read(fh, off, size))
 
     @boundary
     async def write(self, fh: int, off: int, buf: bytes) -> int:

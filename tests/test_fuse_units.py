@@ -397,3 +397,27 @@ async def test_a_file_fetched_while_its_prefetch_waited_is_not_fetched_again(
     await cache.close()
     assert sorted(gets) == ["b", "c", "slow"]
     cache.disk.close()
+
+
+async def test_reads_of_a_block_in_ram_are_views_of_it_not_copies(tmp_path: Path) -> None:
+    """A 1 MiB read of a cached 4 MiB block hands pyfuse3 a view of the block (its reply
+    copies it to the kernel anyway); one across two blocks joins only the asked-for parts."""
+    cache = BlockCache(DiskBlocks(tmp_path / "blocks", 1 << 30), block_size=4 << 20)
+    body = os.urandom(9 << 20)
+    obj = ObjectVersion("ep/b/big", "e", len(body))
+
+    async def fetch(offset: int, length: int) -> bytes:
+        return body[offset : offset + length]
+
+    pattern, mib = AccessPattern(), 1 << 20
+    first = await cache.read(obj, fetch, 0, mib, pattern)
+    second = await cache.read(obj, fetch, mib, mib, pattern)
+    assert first == body[:mib] and second == body[mib : 2 * mib]
+    assert isinstance(second, memoryview)
+    assert second.obj is cache._memory_get(block_key(obj.file_id, obj.version, 4 << 20, 0))
+    across = await cache.read(obj, fetch, 4 * mib - 100, mib, pattern)
+    assert across == body[4 * mib - 100 : 5 * mib - 100]
+    random_read = await cache.read(obj, fetch, 8 * mib + 5, 4096, AccessPattern())
+    assert random_read == body[8 * mib + 5 : 8 * mib + 4101]
+    await cache.close()
+    cache.disk.close()
