@@ -237,12 +237,11 @@ class BlockCache:
         blocks = await asyncio.gather(
             *(self._large_block(obj, fetch, i, "seq") for i in range(first, last + 1))
         )
-        if len(blocks) == 1:
-            return _view(blocks[0], offset - first * bs, end - first * bs)
-        return b"".join(
+        parts = [
             _view(blk, max(offset - i * bs, 0), min(end - i * bs, bs))
             for i, blk in enumerate(blocks, first)
-        )
+        ]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def _large_block(self, obj: ObjectVersion, fetch: Fetch, i: int, kind: str) -> bytes:
         key = block_key(obj.file_id, obj.version, self.large, i)
