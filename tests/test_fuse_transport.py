@@ -1,8 +1,10 @@
-"""The bridge's HTTP layer (``unionstore.fuse.transport``, on aiohttp) against a scripted
-server on loopback: requests go out as signed (target as given, our headers, no Host or
-Content-Type of aiohttp's own making), replies of every framing come back whole with
-lower-case headers, keep-alive connections are reused, and every failure without a complete
-reply is an HttpError (timeouts an HttpTimeout). The whole S3 path over it runs in the FUSE
+"""The bridge's HTTP layer (``unionstore.fuse.transport``, on httptools) against a scripted
+server on loopback: requests go out as signed (target as given, our headers, the Host the
+signer signs, no Content-Type or compression of the client's own), replies of every framing
+come back whole with lower-case headers, keep-alive connections are reused (and a request
+on one the server closed meanwhile is sent again), the read timeout is per read, not per
+transfer, and every failure without a complete reply is an HttpError (timeouts an
+HttpTimeout). The whole S3 path over it runs in the FUSE
 suites against the real gateway and moto."""
 
 from __future__ import annotations
@@ -152,6 +154,53 @@ async def test_an_idle_connection_closed_by_the_server_is_replaced(
         for _ in range(3):
             assert (await c.request("GET", "/k")).content == b"ok"
         assert srv.connections == 3 and len(srv.requests) == 3
+
+
+async def test_a_request_on_a_connection_the_server_closed_unanswered_is_sent_again(
+    client_for: Callable[..., HttpClient],
+) -> None:
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> bool:
+        if n == 2:
+            return False  # its keep-alive ended as the request arrived: closed, no reply
+        w.write(reply("200 OK", {"Content-Length": "2"}, f"{n}".encode().rjust(2)))
+        return True
+
+    async with Server(script) as srv:
+        c = client_for(srv.endpoint)
+        assert (await c.request("GET", "/k")).content == b" 1"
+        assert (await c.request("GET", "/k")).content == b" 3"
+        assert srv.connections == 2 and len(srv.requests) == 3
+
+
+async def test_the_read_timeout_is_per_read_not_per_transfer(
+    client_for: Callable[..., HttpClient],
+) -> None:
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> bool:
+        w.write(reply("200 OK", {"Content-Length": "5"}))
+        for byte in b"slow!":  # 1 s in all, each byte 0.2 s after the one before
+            await w.drain()
+            await asyncio.sleep(0.2)
+            w.write(bytes([byte]))
+        return True
+
+    async with Server(script) as srv:
+        c = client_for(srv.endpoint, timeout=0.5)
+        assert (await c.request("GET", "/k")).content == b"slow!"
+
+
+async def test_a_line_break_in_a_header_is_refused_before_sending(
+    client_for: Callable[..., HttpClient],
+) -> None:
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> bool:
+        w.write(reply("200 OK", {"Content-Length": "0"}))
+        return True
+
+    async with Server(script) as srv:
+        c = client_for(srv.endpoint)
+        for bad in ({"X-A": "v\r\nX-Injected: 1"}, {"X-A": "v\rw"}, {"X-A\nB": "v"}):
+            with pytest.raises(HttpError, match="line break"):
+                await c.request("GET", "/k", bad)
+        assert srv.requests == []
 
 
 async def test_failures_are_http_errors(client_for: Callable[..., HttpClient]) -> None:
