@@ -337,6 +337,29 @@ def test_block_store_keeps_bytes_exactly_as_files_segments_or_inline(tmp_path: P
         assert store._cache.get(f"mid{i}") == mid
 
 
+def test_a_batch_of_blocks_replaces_keys_keeps_the_last_of_a_twice_given_key_and_culls(
+    tmp_path: Path,
+) -> None:
+    """``put_tagged`` writes its index rows in one transaction of its own making: a key stored
+    again gets the new bytes (the old range is freed, the size counted once), a key given
+    twice in a batch keeps its last block, tags evict, and a batch bigger than the cache
+    leaves it within its limit, the last blocks kept."""
+    kib = 1 << 10
+    store = BlockStore(tmp_path / "blocks", 2048 * kib)
+    first = {f"k{i}": os.urandom(100 * kib) for i in range(5)}
+    store.put_tagged((k, v, "a") for k, v in first.items())
+    again = os.urandom(100 * kib)
+    store.put_tagged([("k0", os.urandom(100 * kib), "a"), ("k0", again, "a"), ("s", b"x", "b")])
+    assert store.get("k0") == again and store.get("k1") == first["k1"] and store.get("s") == b"x"
+    rows = store._cache._sql("SELECT COUNT(*), SUM(size) FROM Cache").fetchone()
+    assert rows == (6, 500 * kib) and store._cache.reset("size") == rows[1]
+    assert store.evict_file("b") == 1 and store.get("s") is None
+    many = [(f"m{i}", os.urandom(100 * kib), "c") for i in range(40)]  # 4,000 KiB > 2,048
+    store.put_tagged(many)
+    assert store._cache.volume() <= 2048 * kib + 64 * kib  # the index's own pages on top
+    assert store.get("m39") == many[39][1] and store.get("k1") is None  # oldest go first
+
+
 def test_block_hits_keep_lru_order_and_take_no_write_lock(tmp_path: Path) -> None:
     """A hit is served while another process holds the index's write lock (diskcache's own
     get would wait for it), and its access time still reaches the index: the block read
