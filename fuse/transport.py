@@ -40,6 +40,7 @@ from unionstore.fuse.sigv4 import host_header
 #: idle connections are closed before a server's usual 5 s keep-alive ends them
 IDLE_SECONDS = 4.0
 _BODY_METHODS = ("PUT", "POST", "PATCH")
+_CHUNK = 1 << 20  # bodies from this size on are written a chunk at a time
 
 
 class HttpError(Exception):
@@ -173,11 +174,17 @@ class _Connection(asyncio.Protocol):
         reply: asyncio.Future[Response] = self._loop.create_future()
         self._reply = reply
         self._head, self._got_bytes, self._headers_done = head, False, False
-        self._transport.write(request + body if len(body) < 1 << 16 else request)
-        if len(body) >= 1 << 16:
-            self._transport.write(body)
-        if not self._drained.is_set():  # a large body: the read timeout starts once it is out
-            await self._drained.wait()
+        if len(body) < _CHUNK:
+            self._transport.write(request + body)
+        else:  # a part of an upload: in chunks, so a slow link is not taken for a dead one
+            self._transport.write(request)
+            view = memoryview(body)
+            for lo in range(0, len(body), _CHUNK):
+                if self.closed:  # the server answered early (an error) and closed
+                    break
+                self._transport.write(view[lo : lo + _CHUNK])
+                if not self._drained.is_set():  # the server must take some every timeout s
+                    await asyncio.wait_for(self._drained.wait(), self._timeout)
         self._last_data = self._loop.time()
         self._timer = self._loop.call_at(self._last_data + self._timeout, self._check_idle)
         try:

@@ -10,6 +10,7 @@ suites against the real gateway and moto."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -111,6 +112,22 @@ async def test_content_length_keep_alive_and_request_framing(
         assert all(b"gzip" not in r for r in srv.requests)  # identity bodies only
         await c.request("PUT", "/b/dir/")  # mkdir: an empty body, announced
         assert b"Content-Length: 0\r\n" in srv.requests[-1]
+
+
+async def test_a_multi_mib_body_is_sent_whole_and_the_reply_read(
+    client_for: Callable[..., HttpClient],
+) -> None:
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> bool:
+        w.write(reply("200 OK", {"Content-Length": "2", "ETag": '"p"'}, b"ok"))
+        return True
+
+    body = os.urandom(3 * (1 << 20) + 5)  # written a chunk at a time
+    async with Server(script) as srv:
+        c = client_for(srv.endpoint)
+        resp = await c.request("PUT", "/b/k?partNumber=1&uploadId=u", {"X-A": "1"}, body)
+        assert (resp.status, resp.content, resp.headers["etag"]) == (200, b"ok", '"p"')
+        assert srv.requests[0].endswith(b"\r\n\r\n" + body)
+        assert f"Content-Length: {len(body)}\r\n".encode() in srv.requests[0]
 
 
 async def test_chunked_head_204_and_close_delimited_bodies(
