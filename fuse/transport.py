@@ -19,7 +19,9 @@ PUT and POST always, so an empty PUT is announced); no compression is asked for.
 back whole: Content-Length, chunked, or close-delimited; interim 1xx replies are skipped; a
 HEAD reply has no body whatever its Content-Length. ``Connection: close`` is honoured. A
 request sent on a reused connection that the server had closed meanwhile (its keep-alive
-ended) is sent once more on a new one, as aiohttp and urllib3 do.
+ended) is sent once more on a new one, as aiohttp and urllib3 do. A reply that comes before
+the server took the whole body (an upload refused at once) ends the upload; that connection
+is not used again.
 
 A failure without a complete HTTP reply is an :class:`HttpError` (:class:`HttpTimeout` for a
 connect or read timeout: no byte of the reply for ``timeout`` seconds, or none of a body's
@@ -170,13 +172,15 @@ class _Connection(asyncio.Protocol):
         reply: asyncio.Future[Response] = self._loop.create_future()
         self._reply = reply
         self._head, self._got_bytes, self._headers_done = head, False, False
+        whole = True  # the whole body went out
         if len(body) < _CHUNK:
             self._transport.write(request + body)
         else:  # a part of an upload: in chunks, so a slow link is not taken for a dead one
             self._transport.write(request)
             view = memoryview(body)
             for lo in range(0, len(body), _CHUNK):
-                if self.closed:  # the server answered early (an error) and closed
+                if self.closed or reply.done():  # the server answered early (an error)
+                    whole = False
                     break
                 self._transport.write(view[lo : lo + _CHUNK])
                 if not self._drained.is_set():  # the server must take some every timeout s
@@ -184,10 +188,13 @@ class _Connection(asyncio.Protocol):
         self._last_data = self._loop.time()
         self._timer = self._loop.call_at(self._last_data + self._timeout, self._check_idle)
         try:
-            return await reply
+            resp = await reply
         finally:
             self._timer.cancel()
             self._reply = None
+        if not whole:  # the rest of the body would be read as the next request
+            self.close()
+        return resp
 
     def _check_idle(self) -> None:
         due = self._last_data + self._timeout
@@ -198,6 +205,7 @@ class _Connection(asyncio.Protocol):
             self._timer = self._loop.call_at(due, self._check_idle)
 
     def _finish(self, keep: bool) -> None:
+        self._drained.set()  # a writer blocked on a body stops: the reply is in
         reply = self._reply
         if reply is not None and not reply.done():
             status = self._parser.get_status_code()
@@ -206,6 +214,7 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     def _fail(self, exc: HttpError) -> None:
+        self._drained.set()
         if self._reply is not None and not self._reply.done():
             self._reply.set_exception(exc)
 
@@ -265,8 +274,8 @@ class HttpClient:
             self._slots = asyncio.Semaphore(self.max_connections)
         try:
             async with self._slots:
-                for _ in range(2):
-                    conn = await self._connection()
+                for attempt in range(2):
+                    conn = await self._connection(fresh=attempt > 0)
                     try:
                         resp = await conn.send(request, body, method == "HEAD")
                     except _Reused:
@@ -285,10 +294,12 @@ class HttpClient:
         except (HttpError, OSError, UnicodeError) as exc:
             raise HttpError(f"{method} {target}: {type(exc).__name__}: {exc}") from None
 
-    async def _connection(self) -> _Connection:
+    async def _connection(self, fresh: bool = False) -> _Connection:
+        """An idle connection (unless ``fresh``: the one reused before was found closed, and
+        others idle as long may be too), or a new one."""
         loop = asyncio.get_running_loop()
         now = loop.time()
-        while self._idle:
+        while self._idle and not fresh:
             conn = self._idle.pop()
             if not conn.closed and now - conn.idle_since < IDLE_SECONDS:
                 conn.reused = True

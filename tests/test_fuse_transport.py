@@ -130,6 +130,42 @@ async def test_a_multi_mib_body_is_sent_whole_and_the_reply_read(
         assert f"Content-Length: {len(body)}\r\n".encode() in srv.requests[0]
 
 
+async def test_a_reply_before_the_whole_body_is_taken_ends_the_upload_and_its_connection(
+    client_for: Callable[..., HttpClient],
+) -> None:
+    """A server that refuses an upload at once (403) and reads none of its body: the reply
+    comes back without waiting for the body to go out, and the connection is not used
+    again (the body's rest would be read as the next request)."""
+    conns: list[asyncio.Task[None]] = []
+
+    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        conns.append(task)
+        await r.readuntil(b"\r\n\r\n")
+        w.write(reply("403 Forbidden", {"Content-Length": "6"}, b"denied"))
+        await w.drain()
+        try:
+            if len(conns) == 1:
+                await asyncio.sleep(30)  # never reads the body
+        finally:
+            w.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        c = client_for(f"http://127.0.0.1:{port}", timeout=10.0)
+        resp = await c.request("PUT", "/b/k", {}, bytes(64 << 20))  # no HttpTimeout
+        assert (resp.status, resp.content) == (403, b"denied")
+        assert (await c.request("GET", "/b/k")).status == 403
+        assert len(conns) == 2
+    finally:
+        server.close()
+        for task in conns:
+            task.cancel()
+        await asyncio.gather(*conns, return_exceptions=True)
+
+
 async def test_chunked_head_204_and_close_delimited_bodies(
     client_for: Callable[..., HttpClient],
 ) -> None:
