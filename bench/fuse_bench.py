@@ -449,10 +449,10 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     passes = {
         c: {str(k): v for k, v in d.items()} for c, d in results["_meta"]["cold_passes"].items()
     }
-    fig, ax = plt.subplots(figsize=(7, 3.6))
     peers = (("s3fs", "o", "tab:blue"), ("rclone", "s", "tab:red"))
     if "unionstore" not in passes or not any(p in passes for p, _, _ in peers):
         return False  # a run of a subset of the clients (``--clients``) with no ratio to draw
+    fig, ax = plt.subplots(figsize=(7, 3.6))
     for shift, (peer, marker, color) in enumerate(peers):
         if peer not in passes:
             continue
