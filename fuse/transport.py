@@ -100,7 +100,7 @@ class _Connection(asyncio.Protocol):
         reply = self._reply
         if reply is None or reply.done():
             return
-        if self._headers_done and not self._length_known and not self._head:
+        if self._headers_done and not self._length_known:  # (a HEAD reply is done by now)
             self._finish(keep=False)  # a close-delimited body ends here
         elif self.reused and not self._got_bytes:
             self._fail(_Reused("the server closed the idle connection"))
@@ -323,7 +323,7 @@ class HttpClient:
 
     def _release(self, conn: _Connection) -> None:
         if conn.closed:
-            self._open.discard(conn)
+            self._drop(conn)
             return
         conn.idle_since = asyncio.get_running_loop().time()
         self._idle.append(conn)

@@ -21,10 +21,12 @@ Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[b
 
 
 class Server:
-    """Answers each request with ``script(reader, writer, n)``; False closes the connection."""
+    """Answers each request with ``script(reader, writer, n)``; False closes the connection.
+    With ``read_body=False`` the script runs once the head is in, the body left unread."""
 
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script, read_body: bool = True) -> None:
         self.script = script
+        self.read_body = read_body
         self.requests: list[bytes] = []
         self.connections = 0
         self.endpoint = ""
@@ -56,7 +58,7 @@ class Server:
                 except asyncio.IncompleteReadError:
                     return
                 length = 0
-                for line in head.split(b"\r\n"):
+                for line in head.split(b"\r\n") if self.read_body else ():
                     if line.lower().startswith(b"content-length:"):
                         length = int(line.split(b":")[1])
                 self.requests.append(head + await reader.readexactly(length))
@@ -136,34 +138,20 @@ async def test_a_reply_before_the_whole_body_is_taken_ends_the_upload_and_its_co
     """A server that refuses an upload at once (403) and reads none of its body: the reply
     comes back without waiting for the body to go out, and the connection is not used
     again (the body's rest would be read as the next request)."""
-    conns: list[asyncio.Task[None]] = []
 
-    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        conns.append(task)
-        await r.readuntil(b"\r\n\r\n")
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> bool:
         w.write(reply("403 Forbidden", {"Content-Length": "6"}, b"denied"))
         await w.drain()
-        try:
-            if len(conns) == 1:
-                await asyncio.sleep(30)  # never reads the body
-        finally:
-            w.close()
+        if n == 1:
+            await asyncio.sleep(30)  # never reads the body (cancelled when the test ends)
+        return True
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        port = server.sockets[0].getsockname()[1]
-        c = client_for(f"http://127.0.0.1:{port}", timeout=10.0)
+    async with Server(script, read_body=False) as srv:
+        c = client_for(srv.endpoint, timeout=10.0)
         resp = await c.request("PUT", "/b/k", {}, bytes(64 << 20))  # no HttpTimeout
         assert (resp.status, resp.content) == (403, b"denied")
         assert (await c.request("GET", "/b/k")).status == 403
-        assert len(conns) == 2
-    finally:
-        server.close()
-        for task in conns:
-            task.cancel()
-        await asyncio.gather(*conns, return_exceptions=True)
+        assert srv.connections == 2
 
 
 async def test_chunked_head_204_and_close_delimited_bodies(

@@ -284,7 +284,6 @@ class BlockStore:
             if len(data) >= PACK_LIMIT:
                 self.put(key, data, tag)
             else:
-                small.pop(key, None)
                 small[key] = (data, tag)
         if small:
             try:
