@@ -179,6 +179,35 @@ def test_deleted_file_disappears_after_invalidation(
     assert s3.list_objects_v2(Bucket="cached", Prefix="dir/")["KeyCount"] == 0
 
 
+def test_a_listing_spares_the_gets_of_listed_objects_a_stat(
+    cgw: GatewayProcess, hdfs: HdfsCluster, hroot: str
+) -> None:
+    """A data loader lists a folder, then reads its files: the listing fills the metadata
+    cache, so the GETs ask the NameNode nothing (and the ETags of objects written through
+    the gateway match the listing's)."""
+    s3 = cgw.client()
+    files = {f"listed/f{i:03d}": os.urandom(1000 + i) for i in range(40)}
+    for key, data in files.items():
+        write_hdfs(hdfs, f"{hroot}/{key}", data)
+    put = s3.put_object(Bucket="cached", Key="listed/put-through", Body=b"via the gateway")
+    files["listed/put-through"] = b"via the gateway"
+    pages = s3.get_paginator("list_objects_v2").paginate(
+        Bucket="cached", Prefix="listed/", PaginationConfig={"PageSize": 15}
+    )
+    listed = {c["Key"]: c["ETag"] for page in pages for c in page["Contents"]}
+    assert sorted(listed) == sorted(files)
+    assert listed["listed/put-through"] == put["ETag"]
+    misses = metric(cgw, "unionstore_metadata_misses_total", mount="cached/")
+    for key, data in files.items():
+        got = s3.get_object(Bucket="cached", Key=key)
+        assert got["Body"].read() == data
+        assert got["ETag"] == listed[key]
+    assert metric(cgw, "unionstore_metadata_misses_total", mount="cached/") == misses
+    # a write after the listing still wins: the GET sees it, not the listed status
+    s3.put_object(Bucket="cached", Key="listed/f000", Body=b"rewritten")
+    assert s3.get_object(Bucket="cached", Key="listed/f000")["Body"].read() == b"rewritten"
+
+
 def test_admin_api_needs_an_admin_key(cgw: GatewayProcess) -> None:
     r = cache_cli(cgw, READER_KEY, READER_SECRET, "stats")
     assert r.returncode == 1 and b"403" in r.stderr

@@ -91,6 +91,7 @@ async def test_metadata_cache_ttl_negative_invalidate_and_stale_if_error(tmp_pat
     (tmp_path / "f").write_bytes(b"1234567")
     assert (await ufs.stat("f")).size == 5  # within the TTL
     ufs.invalidate("f")
+    clock.now += 1  # an answer asked for at the instant of an invalidation is not kept
     assert (await ufs.stat("f")).size == 7
     clock.now += 61
     flaky.down = True
@@ -114,6 +115,51 @@ async def test_writes_through_the_wrapper_invalidate(tmp_path: Path) -> None:
     await ufs.delete("new")
     with pytest.raises(NotFound):
         await ufs.stat("new")
+
+
+async def test_a_listing_fills_the_metadata_cache_unless_it_is_stale(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name).write_bytes(b"12345")
+    clock = FakeClock()
+    flaky = FlakyUfs(LocalUfs(tmp_path.as_uri(), {}))
+    ufs = MetadataCachingUfs(flaky, TtlCache(ttl=60, clock=clock))
+    listed_at = clock()
+    statuses = [(st.name, st) async for st in ufs.list_dir("")]
+    clock.now += 1
+    assert ufs.remember(statuses, listed_at)
+    assert [(await ufs.stat(n)).size for n in ("a", "b")] == [5, 5]
+    assert flaky.stats == 0  # both answered by the listing
+    clock.now += 59.5
+    await ufs.stat("a")
+    assert flaky.stats == 1  # fresh for the TTL from the listing, not from remember()
+    # a listing that began before an invalidation is not kept, nor one older than the TTL
+    listed_at = clock()
+    clock.now += 1
+    ufs.invalidate("elsewhere")
+    assert not ufs.remember(statuses, listed_at)
+    clock.now += 1
+    assert not ufs.remember(statuses, clock() - 60)
+
+
+async def test_a_stat_that_raced_with_an_invalidation_is_not_kept(tmp_path: Path) -> None:
+    """The UFS answers the old status, the file is rewritten and invalidated meanwhile: the
+    answer is returned but not cached, so the next stat asks again."""
+    (tmp_path / "f").write_bytes(b"old")
+    clock = FakeClock()
+
+    class Racing(FlakyUfs):
+        async def stat(self, path: str) -> FileStatus:
+            status = await super().stat(path)
+            clock.now += 1
+            ufs.invalidate(path)  # a write through the gateway published meanwhile
+            return status
+
+    racing = Racing(LocalUfs(tmp_path.as_uri(), {}))
+    ufs = MetadataCachingUfs(racing, TtlCache(ttl=60, clock=clock))
+    await ufs.stat("f")
+    clock.now += 1
+    await ufs.stat("f")
+    assert racing.stats == 2
 
 
 # ---- block cache -------------------------------------------------------------------------------

@@ -233,7 +233,7 @@ class Gateway:
             max_keys=max_keys,
         )
         if page.etags is None:  # a page served again from the page cache keeps its ETags
-            page.etags = await self.listed_etags(mounts, page)
+            page.etags = await self._listed(mounts, page)
         return page
 
     async def stat_object(self, bucket: str, key: str, *, fresh: bool = False) -> ObjectInfo:
@@ -263,20 +263,29 @@ class Gateway:
         self._stored.put(slot, stored)
         return stored
 
-    async def listed_etags(self, mounts: list[Mount], page: Page) -> dict[str, str]:
-        """ETags the gateway stored for objects of a listing page (written through it)."""
-        wanted: dict[str, str] = {}
-        ids: dict[str, str] = {}
+    async def _listed(self, mounts: list[Mount], page: Page) -> dict[str, str]:
+        """The ETags the gateway stored for the objects of a page read from the UFS (those
+        written through it). The page's files also go into the metadata caches (statuses
+        and stored records), so GETs of listed objects need no stat of the UFS."""
+        listed: dict[str, tuple[int, str, FileStatus]] = {}  # file id -> (mount, key, status)
         for entry in page.contents:
             assert entry.status is not None
-            mount = next(m for m in mounts if entry.key.startswith(m.prefix))
-            fid = file_id(mount, entry.key[len(mount.prefix) :])
-            wanted[fid] = version_of(entry.status)
-            ids[fid] = entry.key
-        if not wanted:
+            i = next(i for i, m in enumerate(mounts) if entry.key.startswith(m.prefix))
+            path = entry.key[len(mounts[i].prefix) :]
+            listed[file_id(mounts[i], path)] = (i, entry.key, entry.status)
+        if not listed:
             return {}
-        found = await asyncio.to_thread(self.objmeta.etags, wanted)
-        return {ids[fid]: tag for fid, tag in found.items()}
+        wanted = {fid: version_of(status) for fid, (_, _, status) in listed.items()}
+        found = await asyncio.to_thread(self.objmeta.get_many, wanted)
+        for i, mount in enumerate(mounts):
+            files = {f: (k, st) for f, (j, k, st) in listed.items() if j == i and not st.is_dir}
+            cut = len(mount.prefix)
+            if files and isinstance(mount.ufs, MetadataCachingUfs):
+                paths = [(key[cut:], st) for key, st in files.values()]
+                if mount.ufs.remember(paths, page.listed_at):
+                    for fid in files:
+                        self._stored.put((fid, wanted[fid]), found.get(fid), page.listed_at)
+        return {listed[fid][1]: stored.etag for fid, stored in found.items()}
 
     def read_object(self, obj: ObjectInfo, offset: int, length: int) -> AsyncIterator[bytes]:
         """Stream a byte range of ``obj`` through the block cache (or straight from the UFS)."""

@@ -7,14 +7,21 @@ unreachable (:class:`~unionstore.errors.ServiceUnavailable`), an expired entry y
 with the 503. Writes through the wrapper drop what they touch at once, so a client reads its
 own writes; :meth:`MetadataCachingUfs.invalidate` drops a path or a whole sub-tree.
 
+A listing fills the cache too (:meth:`MetadataCachingUfs.remember`, called by the gateway for
+each listing page it reads from the UFS): a directory listed and then read file by file, as
+data loaders do, costs the origin one LIST instead of one stat per file. An answer is only
+kept if nothing was invalidated since it was asked for (:attr:`~MetadataCachingUfs.changed_at`),
+so a stat or listing that raced with a write cannot put the old status back.
+
 Listing pages are cached one level up, by the lister (they are per bucket, not per mount).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -66,10 +73,11 @@ class TtlCache(Generic[K, V]):
         self._items.move_to_end(key)
         return item.value, age <= self.ttl
 
-    def put(self, key: K, value: V) -> None:
+    def put(self, key: K, value: V, stored: float | None = None) -> None:
+        """Keep ``value``, fresh for ``ttl`` from ``stored`` (when it was read; default now)."""
         if self.ttl <= 0 and self.stale_if_error <= 0:
             return
-        self._items[key] = _Item(value, self.clock())
+        self._items[key] = _Item(value, self.clock() if stored is None else stored)
         self._items.move_to_end(key)
         while len(self._items) > self.max_entries:
             self._items.popitem(last=False)
@@ -102,6 +110,8 @@ class MetadataCachingUfs(UnderFileSystem):
         self.cache = cache
         self.scheme = inner.scheme  # type: ignore[misc]
         self.chunk_size = inner.chunk_size  # type: ignore[misc]
+        #: the cache clock's time of the latest invalidation: answers asked before it are stale
+        self.changed_at = -math.inf
 
     async def stat(self, path: str, *, fresh: bool = False) -> FileStatus:
         hit = None if fresh else self.cache.get(path)
@@ -109,6 +119,7 @@ class MetadataCachingUfs(UnderFileSystem):
             self.cache.hits += 1
             return _result(hit[0], path)
         self.cache.misses += 1
+        asked = self.cache.clock()
         try:
             status: StatResult = await self.inner.stat(path)
         except NotFound:
@@ -119,8 +130,18 @@ class MetadataCachingUfs(UnderFileSystem):
                 raise
             self.cache.stale_serves += 1
             return _result(stale[0], path)
-        self.cache.put(path, status)
+        if self.changed_at < asked:
+            self.cache.put(path, status, asked)
         return _result(status, path)
+
+    def remember(self, statuses: Iterable[tuple[str, FileStatus]], listed_at: float) -> bool:
+        """Keep the (path, status) pairs of a listing that began at ``listed_at`` (cache
+        clock), unless something was invalidated since or they are no longer fresh."""
+        if self.changed_at >= listed_at or listed_at + self.cache.ttl <= self.cache.clock():
+            return False
+        for path, status in statuses:
+            self.cache.put(path, status, listed_at)
+        return True
 
     def list_dir(self, path: str) -> AsyncIterator[FileStatus]:
         return self.inner.list_dir(path)
@@ -133,6 +154,7 @@ class MetadataCachingUfs(UnderFileSystem):
 
     def invalidate(self, path: str = "", *, recursive: bool = True) -> int:
         """Drop ``path`` (and, with ``recursive``, everything under it; "" = all)."""
+        self.changed_at = self.cache.clock()
         if path == "":
             n = len(self.cache)
             self.cache.clear()
@@ -145,9 +167,11 @@ class MetadataCachingUfs(UnderFileSystem):
 
     def invalidate_prefix(self, prefix: str) -> int:
         """Drop every path that starts with ``prefix`` (a string prefix, as S3 keys are)."""
+        self.changed_at = self.cache.clock()
         return self.cache.drop_where(lambda k: k.startswith(prefix))
 
     def _touched(self, path: str) -> None:
+        self.changed_at = self.cache.clock()
         self.cache.drop(path)
         parent = path.rpartition("/")[0]
         self.cache.drop(parent)

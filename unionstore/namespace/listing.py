@@ -25,11 +25,12 @@ import base64
 import heapq
 import json
 import secrets
+import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from unionstore.cache.metadata import TtlCache
+from unionstore.cache.metadata import Clock, TtlCache
 from unionstore.errors import InvalidArgument, NotFound
 from unionstore.namespace.mounts import Mount
 from unionstore.ufs.base import FileStatus, UnderFileSystem
@@ -53,6 +54,8 @@ class Page:
     last_key: str | None = None
     #: key -> ETag stored by the gateway (None until the gateway looked them up)
     etags: dict[str, str] | None = None
+    #: when the walk that produced the page began (``Lister.clock``): its data is no older
+    listed_at: float = 0.0
 
     @property
     def contents(self) -> list[Entry]:
@@ -241,6 +244,7 @@ class Cursor:
 class _Resumable:
     stream: AsyncGenerator[Entry, None]
     peeked: Entry
+    listed_at: float
 
 
 PageKey = tuple[str, str, str, str, str, bool, int]
@@ -254,6 +258,7 @@ class Lister:
     max_open: int = 256
     page_ttl: float = 0.0
     max_pages: int = 10_000
+    clock: Clock = time.monotonic
     _open: OrderedDict[tuple[str, str, str, str], _Resumable] = field(default_factory=OrderedDict)
     _pages: TtlCache[PageKey, Page] = field(init=False)
 
@@ -311,8 +316,9 @@ class Lister:
         first: Entry | None
         stream: AsyncGenerator[Entry, None]
         if resumed is not None:
-            stream, first = resumed.stream, resumed.peeked
+            stream, first, listed_at = resumed.stream, resumed.peeked, resumed.listed_at
         else:
+            listed_at = self.clock()
             after = start_after
             if cursor is not None and cursor.key > after:
                 after = cursor.key
@@ -326,11 +332,12 @@ class Lister:
             nxt = await anext(stream, None)
         if nxt is None:
             await stream.aclose()
-            return Page(entries, False, last_key=entries[-1].key if entries else None)
+            last_key = entries[-1].key if entries else None
+            return Page(entries, False, last_key=last_key, listed_at=listed_at)
         last = entries[-1]
         next_token = Cursor(last.key, last.is_prefix, secrets.token_hex(4)).encode()
-        self._remember((bucket, prefix, delimiter, next_token), _Resumable(stream, nxt))
-        return Page(entries, True, next_token=next_token, last_key=last.key)
+        self._remember((bucket, prefix, delimiter, next_token), _Resumable(stream, nxt, listed_at))
+        return Page(entries, True, next_token=next_token, last_key=last.key, listed_at=listed_at)
 
     def _stream(
         self,

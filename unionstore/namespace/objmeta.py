@@ -100,21 +100,25 @@ class ObjectMetaStore:
         )
         return StoredObject(row[0], json.loads(row[1])) if row else None
 
-    def etags(self, wanted: Mapping[str, str]) -> dict[str, str]:
-        """ETags of many objects at once: ``{file_id: version}`` -> ``{file_id: etag}``."""
-        found: dict[str, str] = {}
+    def get_many(self, wanted: Mapping[str, str]) -> dict[str, StoredObject]:
+        """Many objects at once: ``{file_id: version}`` -> ``{file_id: stored}`` (those found
+        at that version)."""
+        found: dict[str, StoredObject] = {}
         ids = list(wanted)
         for i in range(0, len(ids), 500):
             batch = ids[i : i + 500]
             marks = ",".join("?" * len(batch))
-            rows = (
-                self._db()
-                .execute(
-                    f"SELECT file_id, version, etag FROM objects WHERE file_id IN ({marks})", batch
-                )
-                .fetchall()
+            query = (
+                f"SELECT file_id, version, etag, headers FROM objects WHERE file_id IN ({marks})"
             )
-            found.update({fid: tag for fid, ver, tag in rows if wanted.get(fid) == ver})
+            rows = self._db().execute(query, batch).fetchall()
+            found.update(
+                {
+                    fid: StoredObject(tag, json.loads(headers))
+                    for fid, ver, tag, headers in rows
+                    if wanted.get(fid) == ver
+                }
+            )
         return found
 
     def put(self, file_id: str, version: str, etag: str, headers: Mapping[str, str]) -> None:
