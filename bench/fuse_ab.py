@@ -1,16 +1,21 @@
-"""Two source trees of ``unionstore mount`` side by side on cold 100 KB files: files/s and
-where the CPU goes, per file.
+"""Two source trees of ``unionstore mount`` (or of the gateway) side by side on cold 100 KB
+files: files/s and where the CPU goes, per file.
 
     python -m bench.fuse_ab TREE_A TREE_B [--rounds 4] [--readers 4,8] [--files 2000]
+        [--side mount|gateway] [--metadata-ttl 60s]
 
-A tree is a checkout of a revision (``git archive REV | tar -x -C DIR``); each mount's daemon
-imports ``unionstore`` from its tree (``PYTHONPATH``). HDFS, the gateway (warmed, as in
-``bench.fuse_bench``) and the reader processes are the same for both. Each round mounts each
-tree fresh (empty cache, page cache dropped), the two taking turns and in reverse order every
-other round, and reads every file once with N reader processes: ``bench.fuse_bench``'s cold
-rows. Around each pass the CPU of the daemon's threads (its event loop and the others, user
-and system) and of the gateway is read from ``/proc``, and printed per file with each pass,
-then as medians. CPU per file does not drift with a busy machine the way files/s does.
+A tree is a checkout of a revision (``git archive REV | tar -x -C DIR``); a process imports
+``unionstore`` from its tree (``PYTHONPATH``). With ``--side mount`` (the default) each mount's
+daemon comes from its tree, and HDFS, the gateway (warmed, as in ``bench.fuse_bench``) and the
+reader processes are the same for both. With ``--side gateway`` each tree runs its own warmed
+gateway on the same HDFS, and the mounts, from this checkout, take turns on them;
+``--metadata-ttl`` sets the gateways' metadata TTL (a short one makes GETs stat the UFS).
+Each round mounts fresh (empty cache, page cache dropped), the two taking turns and in
+reverse order every other round, and reads every file once with N reader processes:
+``bench.fuse_bench``'s cold rows. Around each pass the CPU of the daemon's threads (its event
+loop and the others, user and system) and of the gateway is read from ``/proc``, and printed
+per file with each pass, then as medians. CPU per file does not drift with a busy machine the
+way files/s does.
 """
 
 from __future__ import annotations
@@ -54,12 +59,21 @@ def thread_cpu(pid: int) -> dict[tuple[bool, str], float]:
     return out
 
 
+def _restore(python_path: str | None) -> None:
+    if python_path is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = python_path
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("trees", nargs=2, type=Path, help="two source trees: A and B")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--readers", default="4,8", help="reader processes, comma-separated")
     p.add_argument("--files", type=int, default=2000)
+    p.add_argument("--side", choices=("mount", "gateway"), default="mount")
+    p.add_argument("--metadata-ttl", default=None, help="the gateways' [cache] metadata_ttl")
     args = p.parse_args()
     trees = [t.resolve() for t in args.trees]
     for t in trees:
@@ -73,12 +87,21 @@ def main() -> int:
     old_path = os.environ.get("PYTHONPATH")
     try:
         hdfs.start()
-        gw = warm_gateway(hdfs, list(small_files(hdfs, args.files)), stops)
-        assert gw.proc is not None
+        keys = list(small_files(hdfs, args.files))
+        cache = {"metadata_ttl": args.metadata_ttl} if args.metadata_ttl else None
+        gateways = []
+        for tree in trees if args.side == "gateway" else trees[:1]:
+            if args.side == "gateway":
+                os.environ["PYTHONPATH"] = str(tree)
+            gateways.append(warm_gateway(hdfs, keys, stops, cache))
+            _restore(old_path)
         for rnd in range(args.rounds):
             for procs in readers:
                 for i in (0, 1) if rnd % 2 == 0 else (1, 0):
-                    os.environ["PYTHONPATH"] = str(trees[i])
+                    gw = gateways[i] if args.side == "gateway" else gateways[0]
+                    assert gw.proc is not None
+                    if args.side == "mount":
+                        os.environ["PYTHONPATH"] = str(trees[i])
                     m = mount("unionstore", gw, work, work)
                     try:
                         before, gw0 = thread_cpu(m.pid), proc_cpu_seconds(gw.proc.pid)
@@ -102,10 +125,7 @@ def main() -> int:
                     )
                     print(f"round {rnd + 1}, {procs} readers, {'AB'[i]}: {cells}", flush=True)
     finally:
-        if old_path is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old_path
+        _restore(old_path)
         for stop in reversed(stops):
             with contextlib.suppress(Exception):
                 stop()

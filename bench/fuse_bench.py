@@ -368,12 +368,18 @@ def small_files(hdfs: HdfsCluster, n: int) -> dict[str, bytes]:
 
 
 def warm_gateway(
-    hdfs: HdfsCluster, keys: list[str], stops: list[Callable[[], None]]
+    hdfs: HdfsCluster,
+    keys: list[str],
+    stops: list[Callable[[], None]],
+    cache: dict[str, Any] | None = None,
 ) -> GatewayProcess:
-    """A gateway on the bench's HDFS folder (its stop added to ``stops``), with ``keys`` in
-    its own cache, so every client meets the same gateway: "cold" is the mount's cache,
-    not the gateway's."""
-    gw = GatewayProcess({"mounts": [{"bucket": BUCKET, "uri": hdfs.url + ROOT}]})
+    """A gateway on the bench's HDFS folder (its stop added to ``stops``; ``cache``: its
+    ``[cache]`` settings), with ``keys`` in its own cache, so every client meets the same
+    gateway: "cold" is the mount's cache, not the gateway's."""
+    config: dict[str, Any] = {"mounts": [{"bucket": BUCKET, "uri": hdfs.url + ROOT}]}
+    if cache:
+        config["cache"] = cache
+    gw = GatewayProcess(config)
     gw.start()
     stops.append(gw.close)
     s3 = gw.client()
