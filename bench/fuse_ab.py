@@ -2,7 +2,7 @@
 files: files/s and where the CPU goes, per file.
 
     python -m bench.fuse_ab TREE_A TREE_B [--rounds 4] [--readers 4,8] [--files 2000]
-        [--side mount|gateway] [--metadata-ttl 60s]
+        [--side mount|gateway] [--metadata-ttl 60s] [--read-only]
 
 A tree is a checkout of a revision (``git archive REV | tar -x -C DIR``); a process imports
 ``unionstore`` from its tree (``PYTHONPATH``). With ``--side mount`` (the default) each mount's
@@ -74,6 +74,7 @@ def main() -> int:
     p.add_argument("--files", type=int, default=2000)
     p.add_argument("--side", choices=("mount", "gateway"), default="mount")
     p.add_argument("--metadata-ttl", default=None, help="the gateways' [cache] metadata_ttl")
+    p.add_argument("--read-only", action="store_true", help="mount read-only")
     args = p.parse_args()
     trees = [t.resolve() for t in args.trees]
     for t in trees:
@@ -102,7 +103,7 @@ def main() -> int:
                     assert gw.proc is not None
                     if args.side == "mount":
                         os.environ["PYTHONPATH"] = str(trees[i])
-                    m = mount("unionstore", gw, work, work)
+                    m = mount("unionstore", gw, work, work, args.read_only)
                     try:
                         before, gw0 = thread_cpu(m.pid), proc_cpu_seconds(gw.proc.pid)
                         paths, rate = cold_pass(m, procs)

@@ -141,8 +141,8 @@ def _daemon(
     return stop, proc.pid
 
 
-def mount(name: str, gw: GatewayProcess, work: Path, local: Path) -> Mount:
-    """A fresh mount with an empty cache."""
+def mount(name: str, gw: GatewayProcess, work: Path, local: Path, read_only: bool = False) -> Mount:
+    """A fresh mount with an empty cache (read-only: each client's own option for it)."""
     if name == "local":
         return Mount(name, local, lambda: None)
     base = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work))
@@ -155,6 +155,7 @@ def mount(name: str, gw: GatewayProcess, work: Path, local: Path) -> Mount:
             secret_key=ADMIN_SECRET,
             workdir=base,
             readahead_blocks=16,
+            read_only=read_only,
         ).start()
         assert m.proc is not None
         return Mount(name, m.path, m.stop, m.proc.pid)
@@ -184,6 +185,7 @@ def mount(name: str, gw: GatewayProcess, work: Path, local: Path) -> Mount:
             "endpoint=us-east-1",
             "-o",
             "parallel_count=8",
+            *(["-o", "ro"] if read_only else []),
         ]
     else:
         remote = (
@@ -207,6 +209,7 @@ def mount(name: str, gw: GatewayProcess, work: Path, local: Path) -> Mount:
             "/dev/null",
             "--vfs-read-chunk-size",
             "8M",
+            *(["--read-only"] if read_only else []),
         ]
     stop, pid = _daemon(argv, path, base / "daemon.log", env)
     return Mount(name, path, stop, pid)
@@ -316,12 +319,12 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                 w.write(chunk)
         gw = warm_gateway(hdfs, [*files, "big.bin"], stops)
         # cold passes first (no checkpoint upload has run yet), clients interleaved
-        passes = cold_rounds(args.clients, args.rounds, gw, work, local)
+        passes = cold_rounds(args.clients, args.rounds, gw, work, local, args.read_only)
         for name in args.clients:
             print(f"-- {name}", flush=True)
             r = results[name]
             for procs in (1, 4, 8):
-                m = mount(name, gw, work, local)
+                m = mount(name, gw, work, local, args.read_only)
                 try:
                     paths, rate = cold_pass(m, procs)
                     passes[name][procs].append(rate)
@@ -397,7 +400,12 @@ def cold_pass(m: Mount, procs: int) -> tuple[list[Path], float]:
 
 
 def cold_rounds(
-    clients: list[str], rounds: int, gw: GatewayProcess, work: Path, local: Path
+    clients: list[str],
+    rounds: int,
+    gw: GatewayProcess,
+    work: Path,
+    local: Path,
+    read_only: bool = False,
 ) -> dict[str, dict[int, list[float]]]:
     """Files/s of cold passes (fresh mount, page cache dropped) with 1, 4 and 8 readers,
     ``rounds`` times, the clients taking turns (in reverse order every other round), so a
@@ -406,7 +414,7 @@ def cold_rounds(
     for rnd in range(rounds):
         for procs in (1, 4, 8):
             for name in clients if rnd % 2 == 0 else clients[::-1]:
-                m = mount(name, gw, work, local)
+                m = mount(name, gw, work, local, read_only)
                 try:
                     passes[name][procs].append(cold_pass(m, procs)[1])
                 finally:
@@ -506,6 +514,11 @@ def main() -> int:
         dest="drop_caches",
         action="store_false",
         help="do not drop the kernel page cache between passes",
+    )
+    parser.add_argument(
+        "--read-only",
+        action="store_true",
+        help="mount every client read-only (the write row then reads n/a)",
     )
     parser.add_argument("--plot", type=Path, default=REPO / "docs" / "img" / "fuse.png")
     parser.add_argument(
