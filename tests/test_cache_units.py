@@ -132,6 +132,13 @@ async def test_a_listing_fills_the_metadata_cache_unless_it_is_stale(tmp_path: P
     clock.now += 59.5
     await ufs.stat("a")
     assert flaky.stats == 1  # fresh for the TTL from the listing, not from remember()
+    # an answer read after the listing began is newer than the listing's: it stays
+    listed_at = clock()
+    clock.now += 1
+    (tmp_path / "a").write_bytes(b"1234567")
+    assert (await ufs.stat("a", fresh=True)).size == 7
+    assert ufs.remember(statuses, listed_at)
+    assert (await ufs.stat("a")).size == 7 and (await ufs.stat("b")).size == 5
     # a listing that began before an invalidation is not kept, nor one older than the TTL
     listed_at = clock()
     clock.now += 1

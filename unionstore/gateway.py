@@ -260,7 +260,7 @@ class Gateway:
         if hit is not None and hit[1]:
             return hit[0]
         # on the event loop, like the block index lookups: one indexed row of a WAL database,
-        # ~20 us, where a thread hop cost ~0.3 ms of CPU (futexes, the GIL changing hands)
+        # ~20 us, where a thread hop cost ~0.25 ms of CPU (futexes, the GIL changing hands)
         stored = self.objmeta.get(*slot)
         self._stored.put(slot, stored)
         return stored

@@ -74,10 +74,17 @@ class TtlCache(Generic[K, V]):
         return item.value, age <= self.ttl
 
     def put(self, key: K, value: V, stored: float | None = None) -> None:
-        """Keep ``value``, fresh for ``ttl`` from ``stored`` (when it was read; default now)."""
+        """Keep ``value``, fresh for ``ttl`` from ``stored`` (when it was read; default now),
+        unless the entry there was read later."""
         if self.ttl <= 0 and self.stale_if_error <= 0:
             return
-        self._items[key] = _Item(value, self.clock() if stored is None else stored)
+        if stored is None:
+            stored = self.clock()
+        else:
+            there = self._items.get(key)
+            if there is not None and there.stored > stored:
+                return
+        self._items[key] = _Item(value, stored)
         self._items.move_to_end(key)
         while len(self._items) > self.max_entries:
             self._items.popitem(last=False)
