@@ -9,6 +9,7 @@ each mount's UFS, block cache with its fetcher) -> UFS driver.
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -269,25 +270,27 @@ class Gateway:
         """The ETags the gateway stored for the objects of a page read from the UFS (those
         written through it). The page's files also go into the metadata caches (statuses
         and stored records), so GETs of listed objects need no stat of the UFS."""
-        listed: dict[str, tuple[int, str, FileStatus]] = {}  # file id -> (mount, key, status)
+        keys: dict[str, str] = {}  # file id -> key
+        wanted: dict[str, str] = {}  # file id -> version
+        files: dict[int, list[tuple[str, str, FileStatus]]] = defaultdict(list)  # by mount
         for entry in page.contents:
             assert entry.status is not None
             i = next(i for i, m in enumerate(mounts) if entry.key.startswith(m.prefix))
             path = entry.key[len(mounts[i].prefix) :]
-            listed[file_id(mounts[i], path)] = (i, entry.key, entry.status)
-        if not listed:
+            fid = file_id(mounts[i], path)
+            keys[fid], wanted[fid] = entry.key, version_of(entry.status)
+            if not entry.status.is_dir:
+                files[i].append((fid, path, entry.status))
+        if not wanted:
             return {}
-        wanted = {fid: version_of(status) for fid, (_, _, status) in listed.items()}
         found = await asyncio.to_thread(self.objmeta.get_many, wanted)
-        for i, mount in enumerate(mounts):
-            files = {f: (k, st) for f, (j, k, st) in listed.items() if j == i and not st.is_dir}
-            cut = len(mount.prefix)
-            if files and isinstance(mount.ufs, MetadataCachingUfs):
-                paths = [(key[cut:], st) for key, st in files.values()]
-                if mount.ufs.remember(paths, page.listed_at):
-                    for fid in files:
-                        self._stored.put((fid, wanted[fid]), found.get(fid), page.listed_at)
-        return {listed[fid][1]: stored.etag for fid, stored in found.items()}
+        for i, mine in files.items():
+            ufs = mounts[i].ufs
+            statuses = [(path, status) for _, path, status in mine]
+            if isinstance(ufs, MetadataCachingUfs) and ufs.remember(statuses, page.listed_at):
+                for fid, _, _ in mine:
+                    self._stored.put((fid, wanted[fid]), found.get(fid), page.listed_at)
+        return {keys[fid]: stored.etag for fid, stored in found.items()}
 
     def read_object(self, obj: ObjectInfo, offset: int, length: int) -> AsyncIterator[bytes]:
         """Stream a byte range of ``obj`` through the block cache (or straight from the UFS)."""
